@@ -1,0 +1,89 @@
+"""``soudan-all``: the five services in one process, each on its own port.
+
+For small installs, local development and end-to-end tests. Every service keeps its own
+resources (broker connection, store client, metrics), exactly as when it runs alone; only the
+process and the event loop are shared. With ``MONGODB_URL=memory://`` the five share one
+in-process store, which is lost at exit (development only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from soudan_console.app import create_app as create_console
+from soudan_console.settings import ConsoleSettings
+from soudan_dispatch.app import create_app as create_dispatch
+from soudan_dispatch.settings import DispatchSettings
+from soudan_ingress.app import create_app as create_ingress
+from soudan_ingress.settings import IngressSettings
+from soudan_reporting.app import create_app as create_reporting
+from soudan_reporting.settings import ReportingSettings
+from soudan_shared.runtime import setup_logging, start_site
+from soudan_shared.settings import BaseServiceSettings, load_settings
+from soudan_triage.app import create_app as create_triage
+from soudan_triage.settings import TriageSettings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    name: str
+    settings_class: type[BaseServiceSettings]
+    create_app: Callable[[Any], web.Application]
+    port_field: str
+
+
+SERVICES = (
+    ServiceEntry("ingress", IngressSettings, create_ingress, "ingress_port"),
+    ServiceEntry("triage", TriageSettings, create_triage, "triage_port"),
+    ServiceEntry("dispatch", DispatchSettings, create_dispatch, "dispatch_port"),
+    ServiceEntry("console", ConsoleSettings, create_console, "console_port"),
+    ServiceEntry("reporting", ReportingSettings, create_reporting, "reporting_port"),
+)
+
+
+async def run(host: str, only: set[str] | None = None) -> None:
+    entries = [e for e in SERVICES if only is None or e.name in only]
+    loaded = [(e, load_settings(e.settings_class, "soudan-all")) for e in entries]
+    setup_logging(loaded[0][1], "all")
+    runners: list[web.AppRunner] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        for entry, settings in loaded:
+            port = getattr(settings, entry.port_field)
+            runners.append(await start_site(entry.create_app(settings), port, host))
+            log.info("service_listening", service=entry.name, port=port)
+        await stop.wait()
+    finally:
+        for runner in reversed(runners):
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="soudan-all", description="Run all five Soudan services in one process."
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")  # noqa: S104
+    parser.add_argument(
+        "--only",
+        help="comma-separated subset of services to run (default: all five)",
+    )
+    args = parser.parse_args(argv)
+    only = set(args.only.split(",")) if args.only else None
+    if only and not only <= {e.name for e in SERVICES}:
+        parser.error(f"unknown service in --only: {', '.join(sorted(only))}")
+    asyncio.run(run(args.host, only))

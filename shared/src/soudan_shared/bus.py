@@ -1,0 +1,471 @@
+"""The RabbitMQ bus (aio-pika): connect, declare, publish with confirms, consume safely.
+
+Publishing: publisher confirms **and** ``mandatory``; a returned (unroutable) message raises;
+every publish has a timeout, because during an outage a robust connection waits rather than
+fails. Any failure surfaces as :class:`PublishFailed`.
+
+Consuming (:meth:`Bus.consume`): a message is acked only after its handler returned, i.e. after
+the handler's effects are stored. What a handler cannot ever handle is dead-lettered with a reason
+(:class:`Permanent`, or a body that does not parse); anything else is retried in process a few
+times and then requeued, and the queue's delivery limit dead-letters a message that never
+succeeds. Messages that share an ordering key are handled one after another, in delivery order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+import aio_pika
+import aiormq
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from prometheus_client import CollectorRegistry, Counter
+
+from soudan_shared.contracts import Message, MessageRejected, parse_message
+from soudan_shared.topology import Topology
+
+log = structlog.get_logger(__name__)
+
+M = TypeVar("M", bound=Message)
+Handler = Callable[[M], Awaitable[None]]
+
+REASON_HEADER = "x-soudan-reason"
+
+
+class PublishFailed(Exception):
+    """The broker did not take the message: down, refused, unroutable or too slow to confirm."""
+
+
+class Permanent(Exception):
+    """A handler's verdict that this message can never succeed: dead-letter it with this reason."""
+
+
+class Transient(Exception):
+    """A handler's verdict that this message may succeed later: retry it."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """In-process retries before a failing message is requeued to the broker."""
+
+    attempts: int = 3
+    first_delay: float = 0.1
+    max_delay: float = 2.0
+
+    def delay(self, attempt: int) -> float:
+        base: float = min(self.max_delay, self.first_delay * 2**attempt)
+        return base / 2 + random.uniform(0, base / 2)  # noqa: S311 - jitter, not security
+
+
+class BusMetrics:
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        registry = registry or CollectorRegistry()
+        self.published = Counter(
+            "soudan_bus_published",
+            "Messages confirmed by the broker",
+            ["routing"],
+            registry=registry,
+        )
+        self.publish_failures = Counter(
+            "soudan_bus_publish_failures",
+            "Publishes the broker did not confirm",
+            ["reason"],
+            registry=registry,
+        )
+        self.consumed = Counter(
+            "soudan_bus_consumed",
+            "Messages handled, by outcome",
+            ["queue", "outcome"],
+            registry=registry,
+        )
+
+
+class Bus:
+    """One robust connection per service: a confirmed publishing channel and consumer channels."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        topology: Topology,
+        service: str,
+        publish_timeout: float = 5.0,
+        metrics_registry: CollectorRegistry | None = None,
+    ) -> None:
+        self._url = url
+        self.topology = topology
+        self.service = service
+        self.publish_timeout = publish_timeout
+        self.metrics = BusMetrics(metrics_registry)
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._dead_exchange: AbstractExchange | None = None
+        self._consumers: list[_Consumer[Any]] = []
+        self._pending_consumers: list[_Consumer[Any]] = []
+        self._connect_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._log = log.bind(service=service)
+        self.started = asyncio.Event()
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background, retrying until the broker is up; then start consumers."""
+        if self._connect_task is None:
+            self._connect_task = asyncio.create_task(self._connect_forever(), name="bus-connect")
+
+    async def wait_started(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self.started.wait(), timeout)
+
+    async def _connect_forever(self) -> None:
+        delay = 0.25
+        while True:
+            try:
+                connection = await aio_pika.connect_robust(
+                    self._url,
+                    client_properties={"connection_name": f"soudan-{self.service}"},
+                    reconnect_interval=1.0,
+                    timeout=10,
+                )
+                break
+            except (OSError, aiormq.exceptions.AMQPError, asyncio.TimeoutError) as exc:
+                self._log.warning(
+                    "broker_unreachable", retry_in=round(delay, 2), error=repr(exc)[:200]
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self._connection = connection
+        connection.reconnect_callbacks.add(self._on_reconnect)
+        connection.close_callbacks.add(self._on_close)
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            await declare_topology(channel, self.topology)
+            self._publish_channel = channel
+            self._exchange = await channel.get_exchange(self.topology.exchange, ensure=False)
+            self._dead_exchange = await channel.get_exchange(
+                self.topology.dead_letter_exchange, ensure=False
+            )
+            for consumer in self._pending_consumers:
+                await consumer.start(connection)
+                self._consumers.append(consumer)
+            self._pending_consumers.clear()
+        except Exception:
+            self._log.exception("broker_setup_failed")
+            raise
+        self._log.info("broker_connected")
+        self.started.set()
+
+    def _on_reconnect(self, *_: Any) -> None:
+        self._log.info("broker_reconnected")
+
+    def _on_close(self, *_: Any) -> None:
+        if self.started.is_set() and not self._closing:
+            self._log.warning("broker_connection_lost")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._connect_task is not None and not self._connect_task.done():
+            self._connect_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._connect_task
+        for consumer in self._consumers:
+            await consumer.stop()
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+
+    @property
+    def is_ready(self) -> bool:
+        """Connected right now (a robust connection may be between reconnects)."""
+        connection = self._connection
+        return (
+            self.started.is_set()
+            and connection is not None
+            and not connection.is_closed
+            and connection.connected.is_set()
+        )
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    async def publish(self, message: Message, *, timeout: float | None = None) -> None:
+        """Publish and wait for the broker's confirm; raise :class:`PublishFailed` otherwise."""
+        routing_key = self.topology.routing_key(message)
+        await self._publish_raw(
+            self._exchange,
+            routing_key,
+            _amqp_message(message, self.service),
+            timeout=self.publish_timeout if timeout is None else timeout,
+        )
+        self.metrics.published.labels(routing_key.split(".", 1)[0]).inc()
+
+    async def _publish_raw(
+        self,
+        exchange: AbstractExchange | None,
+        routing_key: str,
+        message: aio_pika.Message,
+        *,
+        timeout: float,
+    ) -> None:
+        if exchange is None or not self.is_ready:
+            self.metrics.publish_failures.labels("not_connected").inc()
+            raise PublishFailed("not connected to the broker")
+        try:
+            confirmation = await asyncio.wait_for(
+                exchange.publish(message, routing_key=routing_key, mandatory=True, timeout=timeout),
+                timeout,
+            )
+        except aiormq.exceptions.DeliveryError as exc:
+            reason = "unroutable" if exc.message and exc.message.delivery is not None else "nacked"
+            self.metrics.publish_failures.labels(reason).inc()
+            raise PublishFailed(f"{reason}: {routing_key}") from exc
+        except (asyncio.TimeoutError, TimeoutError) as exc:
+            self.metrics.publish_failures.labels("timeout").inc()
+            raise PublishFailed(f"no confirm within {timeout:g}s") from exc
+        except Exception as exc:
+            self.metrics.publish_failures.labels("error").inc()
+            raise PublishFailed(f"{type(exc).__name__}: {exc}"[:300]) from exc
+        if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+            self.metrics.publish_failures.labels("nacked").inc()
+            raise PublishFailed(f"broker answered {type(confirmation).__name__}")
+
+    async def dead_letter(self, queue: str, incoming: AbstractIncomingMessage, reason: str) -> None:
+        """Put a copy of ``incoming`` in ``queue``'s dead-letter queue with ``reason``."""
+        headers = dict(incoming.headers or {})
+        headers.update(
+            {
+                REASON_HEADER: reason[:500],
+                "x-soudan-queue": queue,
+                "x-soudan-dead-at": datetime.now(UTC).isoformat(),
+                "x-soudan-original-routing-key": incoming.routing_key or "",
+            }
+        )
+        copy = aio_pika.Message(
+            incoming.body,
+            headers=headers,
+            content_type=incoming.content_type,
+            message_id=incoming.message_id,
+            correlation_id=incoming.correlation_id,
+            type=incoming.type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        await self._publish_raw(self._dead_exchange, queue, copy, timeout=self.publish_timeout)
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    def consume(
+        self,
+        queue: str,
+        model: type[M],
+        handler: Handler[M],
+        *,
+        prefetch: int = 32,
+        ordering_key: Callable[[M], str | None] | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        """Handle every message of ``queue`` (a name relative to the namespace) with ``handler``."""
+        consumer = _Consumer(
+            self,
+            self.topology.queue(queue),
+            model,
+            handler,
+            prefetch=prefetch,
+            ordering_key=ordering_key,
+            retry=retry or RetryPolicy(),
+        )
+        if self._connection is not None and self.started.is_set():
+            raise RuntimeError("register consumers before the bus starts")
+        self._pending_consumers.append(consumer)
+
+
+async def declare_topology(channel: AbstractChannel, topology: Topology) -> None:
+    """Declare every exchange, queue and binding. A mismatch with what exists fails loudly."""
+    exchange = await channel.declare_exchange(
+        topology.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    dead = await channel.declare_exchange(
+        topology.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    for spec in topology.queues:
+        name = topology.queue(spec.name)
+        queue = await channel.declare_queue(
+            name, durable=True, arguments=topology.queue_arguments(spec)
+        )
+        for key in spec.bindings:
+            await queue.bind(exchange, routing_key=key)
+        dead_queue = await channel.declare_queue(
+            topology.dead_letter_queue(spec.name),
+            durable=True,
+            arguments=topology.dead_letter_queue_arguments(),
+        )
+        await dead_queue.bind(dead, routing_key=name)
+
+
+def _amqp_message(message: Message, service: str) -> aio_pika.Message:
+    return aio_pika.Message(
+        message.to_json(),
+        content_type="application/json",
+        message_id=message.id,
+        correlation_id=message.correlation_id,
+        type=message.type,
+        app_id=service,
+        headers={"schema": message.schema_version},
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
+
+
+class _Consumer(Generic[M]):
+    def __init__(
+        self,
+        bus: Bus,
+        queue_name: str,
+        model: type[M],
+        handler: Handler[M],
+        *,
+        prefetch: int,
+        ordering_key: Callable[[M], str | None] | None,
+        retry: RetryPolicy,
+    ) -> None:
+        self.bus = bus
+        self.queue_name = queue_name
+        self.model = model
+        self.handler = handler
+        self.prefetch = prefetch
+        self.ordering_key = ordering_key
+        self.retry = retry
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._tails: dict[str, asyncio.Task[None]] = {}
+        self._requeueing: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, connection: AbstractRobustConnection) -> None:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=self.prefetch)
+        self._queue = await channel.get_queue(self.queue_name, ensure=False)
+        self._tag = await self._queue.consume(self._on_message)
+
+    async def stop(self) -> None:
+        if self._queue is not None and self._tag is not None:
+            with contextlib.suppress(Exception):
+                await self._queue.cancel(self._tag)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
+
+    async def _on_message(self, incoming: AbstractIncomingMessage) -> None:
+        # Everything before the first await runs in delivery order, so the per-key chain is
+        # built in the order the broker delivered.
+        structlog.contextvars.bind_contextvars(
+            message_id=incoming.message_id, correlation_id=incoming.correlation_id
+        )
+        try:
+            message = parse_message(self.model, incoming.body)
+        except MessageRejected as exc:
+            await self._dead_letter(incoming, f"unparseable: {exc}")
+            return
+        key = self.ordering_key(message) if self.ordering_key else None
+        if key is None:
+            await self._handle(incoming, message, key)
+            return
+        previous = self._tails.get(key)
+        task = asyncio.create_task(self._after(previous, incoming, message, key))
+        self._tails[key] = task
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._forget(key, t))
+
+    def _forget(self, key: str, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._tails.get(key) is task:
+            del self._tails[key]
+            self._requeueing.discard(key)
+
+    async def _after(
+        self,
+        previous: asyncio.Task[None] | None,
+        incoming: AbstractIncomingMessage,
+        message: M,
+        key: str,
+    ) -> None:
+        if previous is not None:
+            with contextlib.suppress(BaseException):
+                await previous
+        if key in self._requeueing:
+            # An earlier message of this key went back to the queue: keep the order by
+            # sending the later ones back behind it.
+            await self._settle(incoming, "requeued", requeue=True)
+            return
+        await self._handle(incoming, message, key)
+
+    async def _handle(self, incoming: AbstractIncomingMessage, message: M, key: str | None) -> None:
+        structlog.contextvars.bind_contextvars(
+            message_id=incoming.message_id, correlation_id=incoming.correlation_id
+        )
+        attempt = 0
+        while True:
+            try:
+                await self.handler(message)
+            except Permanent as exc:
+                await self._dead_letter(incoming, str(exc) or type(exc).__name__)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                attempt += 1
+                if attempt < self.retry.attempts:
+                    log.warning(
+                        "handler_retry",
+                        queue=self.queue_name,
+                        attempt=attempt,
+                        error=type(exc).__name__,
+                    )
+                    await asyncio.sleep(self.retry.delay(attempt))
+                    continue
+                log.warning(
+                    "handler_requeue",
+                    queue=self.queue_name,
+                    attempts=attempt,
+                    error=type(exc).__name__,
+                    delivery_count=(incoming.headers or {}).get("x-delivery-count"),
+                )
+                if key is not None:
+                    self._requeueing.add(key)
+                await self._settle(incoming, "requeued", requeue=True)
+                return
+            await self._settle(incoming, "handled")
+            return
+
+    async def _dead_letter(self, incoming: AbstractIncomingMessage, reason: str) -> None:
+        log.warning("dead_lettered", queue=self.queue_name, reason=reason[:300])
+        try:
+            await self.bus.dead_letter(self.queue_name, incoming, reason)
+        except PublishFailed:
+            # Not stored in the dead-letter queue yet: give it back, it will come again.
+            await self._settle(incoming, "requeued", requeue=True)
+            return
+        await self._settle(incoming, "dead_lettered")
+
+    async def _settle(
+        self, incoming: AbstractIncomingMessage, outcome: str, *, requeue: bool = False
+    ) -> None:
+        try:
+            if outcome in ("handled", "dead_lettered"):
+                await incoming.ack()
+            else:
+                await incoming.nack(requeue=requeue)
+        except Exception as exc:
+            # The channel went away: the broker redelivers the message; handlers are idempotent.
+            log.warning("settle_failed", queue=self.queue_name, error=type(exc).__name__)
+            return
+        self.bus.metrics.consumed.labels(self.queue_name, outcome).inc()

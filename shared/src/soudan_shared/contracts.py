@@ -1,0 +1,220 @@
+"""Every message on the bus, defined once.
+
+Each message is a frozen pydantic model with a literal ``type``, a ``schema`` version, a stable
+``id`` and a ``correlation_id``. Producers build them with unknown fields forbidden; consumers
+read them with :func:`parse_message`, which ignores fields it does not know (a newer producer may
+add some) and upcasts older schema versions in one place (:data:`_UPCASTERS`).
+
+Names say what happened (``LineEventReceived``) or what is asked (``SendText``).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+MAX_TEXT_UTF16_UNITS = 5000
+FACT_TYPE_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$"
+MAX_MESSAGES_PER_REQUEST = 5
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def stable_id(*parts: str) -> str:
+    """An id derived from what caused it, so a redelivered cause yields the same id."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, "soudan:" + "\x1f".join(parts)).hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+
+
+class Message(BaseModel):
+    """Base of every bus message."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    SCHEMA: ClassVar[int] = 1
+
+    type: str
+    schema_version: int = Field(default=1, alias="schema", ge=1)
+    id: str = Field(default_factory=new_id, min_length=1, max_length=128)
+    correlation_id: str = Field(default="", max_length=128)
+
+    def model_post_init(self, context: Any, /) -> None:
+        if not self.correlation_id:
+            object.__setattr__(self, "correlation_id", self.id)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode()
+
+
+class LineEventReceived(Message):
+    """One event of a LINE webhook request, exactly as LINE sent it (``event`` is kept whole)."""
+
+    type: Literal["line.event_received"] = "line.event_received"
+    destination: str
+    webhook_event_id: str = Field(min_length=1)
+    is_redelivery: bool = False
+    user_id: str | None = Field(default=None, description="source.userId, when the event has one")
+    event_type: str
+    timestamp_ms: int = Field(description="the event's own timestamp (ms since the epoch)")
+    received_at: UtcDatetime
+    event: dict[str, Any]
+
+
+def _check_text(text: str) -> str:
+    units = len(text.encode("utf-16-le")) // 2
+    if units > MAX_TEXT_UTF16_UNITS:
+        raise ValueError(f"text is {units} UTF-16 code units; LINE allows {MAX_TEXT_UTF16_UNITS}")
+    if not text.strip():
+        raise ValueError("text is empty")
+    return text
+
+
+LineText = Annotated[str, AfterValidator(_check_text)]
+
+ReplyPurpose = Literal[
+    "greeting",
+    "policy",
+    "school_type_question",
+    "school_type_answer",
+    "out_of_hours",
+    "urgent_out_of_hours",
+    "congestion",
+    "media_refused",
+    "counselor_reply",
+    "emergency",
+    "other",
+]
+
+
+class SendText(Message):
+    """Ask dispatch to send 1–5 texts to one user. Text only, by construction (rule 第5(1))."""
+
+    type: Literal["command.send_text"] = "command.send_text"
+    to: str = Field(min_length=1, description="LINE user id")
+    texts: list[LineText] = Field(min_length=1, max_length=MAX_MESSAGES_PER_REQUEST)
+    purpose: ReplyPurpose
+    reply_token: str | None = None
+    reply_token_received_at: UtcDatetime | None = None
+    case_id: str | None = None
+    staff_id: str | None = None
+    quick_reply: list[QuickReplyOption] = Field(default_factory=list, max_length=13)
+
+
+class QuickReplyOption(BaseModel):
+    """A quick-reply button that answers with a postback (still text-only content)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    label: str = Field(min_length=1, max_length=20)
+    data: str = Field(min_length=1, max_length=300)
+    display_text: str | None = Field(default=None, max_length=300)
+
+
+class StartBroadcast(Message):
+    """Ask dispatch to send one of the section's fixed announcements to many users."""
+
+    type: Literal["command.start_broadcast"] = "command.start_broadcast"
+    broadcast_id: str = Field(min_length=1)
+    texts: list[LineText] = Field(min_length=1, max_length=MAX_MESSAGES_PER_REQUEST)
+    audience: Literal["registered", "target_group"] = "registered"
+    method: Literal["multicast", "broadcast"] = "multicast"
+    force: bool = False
+    requested_by: str | None = None
+
+
+class Fact(Message):
+    """Something that happened, for the event log and the monthly report: ``{id, type, at,
+    service, data}``.
+
+    ``type`` is dotted (``case.opened``, ``security.login_failed``); ``at`` is UTC; ``data``
+    carries no message text, token or password.
+    """
+
+    type: str = Field(max_length=100, pattern=FACT_TYPE_PATTERN)
+    at: UtcDatetime = Field(default_factory=utcnow)
+    service: str = Field(min_length=1, max_length=40)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("data")
+    @classmethod
+    def _json_safe(cls, value: dict[str, Any]) -> dict[str, Any]:
+        json.dumps(value, default=str)
+        return value
+
+
+SendText.model_rebuild()
+
+AnyMessage = LineEventReceived | SendText | StartBroadcast | Fact
+M = TypeVar("M", bound=Message)
+
+
+class MessageRejected(ValueError):
+    """A bus message that can never be handled (wrong shape, unknown version)."""
+
+
+# (model name, from schema) -> function turning a payload of that version into the next one.
+_UPCASTERS: dict[tuple[str, int], Any] = {}
+
+
+def parse_message(model: type[M], body: bytes) -> M:
+    """Read a message as a consumer: tolerate unknown fields, upcast old versions, check the rest."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MessageRejected(f"body is not JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise MessageRejected("body is not a JSON object")
+    expected = model.model_fields["type"].default
+    if isinstance(expected, str) and payload.get("type") != expected:
+        raise MessageRejected(f"type is {payload.get('type')!r}, expected {expected!r}")
+    kind = str(payload.get("type"))
+    version = payload.get("schema", 1)
+    if not isinstance(version, int) or version < 1:
+        raise MessageRejected(f"schema version {version!r} is not a positive integer")
+    while version < model.SCHEMA:
+        upcast = _UPCASTERS.get((model.__name__, version))
+        if upcast is None:
+            raise MessageRejected(f"no upcaster for {model.__name__} schema {version}")
+        payload = upcast(payload)
+        version = payload["schema"]
+    if version > model.SCHEMA:
+        raise MessageRejected(
+            f"{kind} schema {version} is newer than this consumer's {model.SCHEMA}"
+        )
+    known = {f.alias or name for name, f in model.model_fields.items()} | set(model.model_fields)
+    try:
+        return model.model_validate({k: v for k, v in payload.items() if k in known})
+    except ValidationError as exc:
+        raise MessageRejected(_short_errors(exc)) from exc
+
+
+def _short_errors(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,58 @@
+"""One helper every service uses to publish a fact ``{id, type, at, service, data}``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+
+from soudan_shared.contracts import Fact, Message, stable_id, utcnow
+
+
+class Publisher(Protocol):
+    async def publish(self, message: Message, *, timeout: float | None = None) -> None: ...
+
+
+class Facts:
+    """Publishes facts for one service.
+
+    Pass ``cause`` (the id of the message or request the fact follows from) whenever there is
+    one: the fact's id is then derived from it, so a redelivered cause republishes the same fact
+    and the recorder stores it once.
+    """
+
+    def __init__(self, publisher: Publisher, service: str) -> None:
+        self._publisher = publisher
+        self.service = service
+
+    def make(
+        self,
+        type: str,
+        data: dict[str, Any] | None = None,
+        *,
+        cause: str | None = None,
+        at: datetime | None = None,
+        correlation_id: str = "",
+    ) -> Fact:
+        fields: dict[str, Any] = {
+            "type": type,
+            "service": self.service,
+            "data": data or {},
+            "at": at or utcnow(),
+            "correlation_id": correlation_id,
+        }
+        if cause is not None:
+            fields["id"] = stable_id(type, cause)
+        return Fact(**fields)
+
+    async def publish(
+        self,
+        type: str,
+        data: dict[str, Any] | None = None,
+        *,
+        cause: str | None = None,
+        at: datetime | None = None,
+        correlation_id: str = "",
+    ) -> Fact:
+        fact = self.make(type, data, cause=cause, at=at, correlation_id=correlation_id)
+        await self._publisher.publish(fact)
+        return fact

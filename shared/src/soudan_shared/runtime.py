@@ -1,0 +1,125 @@
+"""The pieces every service's composition root uses: bus, store and facts as app resources.
+
+A service's ``create_app(settings)`` builds the base app (:mod:`soudan_shared.http`), then calls
+:func:`use_store` (if it keeps state) and :func:`use_bus` with a function that registers its
+consumers. The resources live in aiohttp's ``cleanup_ctx`` under typed keys: created inside the
+running loop, closed on shutdown, in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from soudan_shared.bus import Bus, PublishFailed
+from soudan_shared.facts import Facts
+from soudan_shared.http import REGISTRY, add_readiness_check
+from soudan_shared.logging import configure_logging
+from soudan_shared.settings import BaseServiceSettings
+from soudan_shared.store import IndexSpec, Store, open_store
+from soudan_shared.topology import Topology
+
+log = structlog.get_logger(__name__)
+
+BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)
+STORE: web.AppKey[Store] = web.AppKey("store", Store)
+FACTS: web.AppKey[Facts] = web.AppKey("facts", Facts)
+
+ConsumerSetup = Callable[[web.Application, Bus], None]
+
+
+def use_store(app: web.Application, url: str, indexes: Iterable[IndexSpec] = ()) -> None:
+    """Open the store at start-up (indexes created), close it on shutdown, check it in /readyz."""
+    specs = tuple(indexes)
+
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        store = await open_store(url)
+        await store.ensure_indexes(specs)
+        app[STORE] = store
+        yield
+        await store.close()
+
+    app.cleanup_ctx.append(store_ctx)
+    add_readiness_check(app, "store", lambda: app[STORE].ping())
+
+
+def use_bus(
+    app: web.Application,
+    settings: BaseServiceSettings,
+    service: str,
+    *,
+    consumers: ConsumerSetup | None = None,
+    topology: Topology | None = None,
+    publish_timeout: float = 5.0,
+) -> None:
+    """Connect to RabbitMQ in the background (the HTTP side is up meanwhile, not ready)."""
+
+    async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
+        bus = Bus(
+            settings.rabbitmq_url.get_secret_value(),
+            topology=topology or Topology(namespace=settings.bus_namespace),
+            service=service,
+            publish_timeout=publish_timeout,
+            metrics_registry=app[REGISTRY],
+        )
+        facts = Facts(bus, service)
+        app[BUS] = bus
+        app[FACTS] = facts
+        if consumers is not None:
+            consumers(app, bus)
+        bus.start()
+        announce = asyncio.create_task(_announce_start(bus, facts))
+        yield
+        announce.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await announce
+        if bus.is_ready:
+            with contextlib.suppress(PublishFailed):
+                await facts.publish("service.stopped", _instance(), at=None)
+        await bus.close()
+
+    app.cleanup_ctx.append(bus_ctx)
+    add_readiness_check(app, "broker", lambda: app[BUS].is_ready)
+
+
+async def _announce_start(bus: Bus, facts: Facts) -> None:
+    await bus.wait_started()
+    for _ in range(10):
+        try:
+            await facts.publish("service.started", _instance())
+            return
+        except PublishFailed:
+            await asyncio.sleep(1)
+
+
+def _instance() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def setup_logging(settings: BaseServiceSettings, service: str) -> None:
+    configure_logging(
+        service=service,
+        level=settings.log_level,
+        hash_key=settings.log_hash_key.get_secret_value().encode(),
+    )
+
+
+def serve(app: web.Application, port: int, *, host: str = "0.0.0.0") -> None:  # noqa: S104
+    """Run one service until SIGTERM/SIGINT, closing its resources cleanly."""
+    web.run_app(app, host=host, port=port, print=None, access_log=None, shutdown_timeout=10)
+
+
+async def start_site(app: web.Application, port: int, host: str = "0.0.0.0") -> web.AppRunner:  # noqa: S104
+    """Start ``app`` on ``port`` inside an already running loop (tests, ``soudan-all``)."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return runner

@@ -1,0 +1,131 @@
+"""Settings from environment variables; every secret may also come from ``NAME_FILE``.
+
+Each service declares the settings it needs by subclassing :class:`BaseServiceSettings` (and
+the mixins below). A missing required setting stops the service at start with one line that
+names it (:func:`load_settings`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+DEFAULT_LINE_API_BASE_URL = "https://api.line.me"
+
+
+class _FileSecretsSource(PydanticBaseSettingsSource):
+    """``NAME_FILE=/run/secrets/x`` gives NAME the file's content (Docker secrets).
+
+    The plain variable wins when both are set; a trailing newline in the file is dropped.
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        path = os.environ.get(f"{field_name.upper()}_FILE")
+        if not path:
+            return None, field_name, False
+        try:
+            return Path(path).read_text(encoding="utf-8").rstrip("\r\n"), field_name, False
+        except OSError as exc:
+            raise SettingError(
+                f"{field_name.upper()}_FILE={path} cannot be read ({exc.strerror})"
+            ) from exc
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, key, _ = self.get_field_value(field, name)
+            if value is not None:
+                values[key] = value
+        return values
+
+
+class SettingError(Exception):
+    """A setting is missing or wrong; the message is one line naming it."""
+
+
+class BaseServiceSettings(BaseSettings):
+    """What every service needs: the broker, logging, and the configuration directory."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    rabbitmq_url: SecretStr
+    bus_namespace: str = Field(
+        default="soudan",
+        description="Prefix of every exchange and queue; lets tests and stacks share a broker.",
+    )
+    log_level: str = "INFO"
+    log_hash_key: SecretStr = Field(
+        description="Key of the HMAC that writes LINE user ids into logs as pseudonyms.",
+    )
+    soudan_config_dir: Path = Path("deploy/config")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        assert isinstance(env_settings, EnvSettingsSource)
+        return (init_settings, env_settings, _FileSecretsSource(settings_cls))
+
+
+class MongoSettings(BaseSettings):
+    mongodb_url: SecretStr = Field(
+        description="mongodb://… for MongoDB; memory:// for an in-process store (development only)."
+    )
+
+
+class LineSecretSettings(BaseSettings):
+    line_channel_secret: SecretStr
+
+
+class LineApiSettings(BaseSettings):
+    line_channel_access_token: SecretStr
+    line_api_base_url: str = DEFAULT_LINE_API_BASE_URL
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One line naming every missing or invalid setting."""
+    missing: list[str] = []
+    invalid: list[str] = []
+    for err in exc.errors():
+        name = str(err["loc"][0]).upper() if err["loc"] else "?"
+        if err["type"] == "missing":
+            missing.append(f"{name} (or {name}_FILE)")
+        else:
+            invalid.append(f"{name}: {err['msg']}")
+    parts = []
+    if missing:
+        parts.append("missing required setting " + ", ".join(missing))
+    if invalid:
+        parts.append("invalid setting " + "; ".join(invalid))
+    return "; ".join(parts)
+
+
+def load_settings(cls: type[S], program: str, **overrides: Any) -> S:
+    """Build settings from the environment, or exit with one clear line on stderr."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        message = describe_error(exc)
+    except SettingError as exc:
+        message = str(exc)
+    print(f"{program}: {message}", file=sys.stderr)
+    raise SystemExit(2)
