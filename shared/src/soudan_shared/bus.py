@@ -141,7 +141,7 @@ class Bus:
                     timeout=10,
                 )
                 break
-            except (OSError, aiormq.exceptions.AMQPError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
                 self._log.warning(
                     "broker_unreachable", retry_in=round(delay, 2), error=repr(exc)[:200]
                 )
@@ -176,6 +176,9 @@ class Bus:
             self._log.warning("broker_connection_lost")
 
     async def close(self) -> None:
+        """Stop consuming (in-flight handlers get a moment to finish) and close. Idempotent."""
+        if self._closing:
+            return
         self._closing = True
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
@@ -231,7 +234,7 @@ class Bus:
             reason = "unroutable" if exc.message and exc.message.delivery is not None else "nacked"
             self.metrics.publish_failures.labels(reason).inc()
             raise PublishFailed(f"{reason}: {routing_key}") from exc
-        except (asyncio.TimeoutError, TimeoutError) as exc:
+        except TimeoutError as exc:
             self.metrics.publish_failures.labels("timeout").inc()
             raise PublishFailed(f"no confirm within {timeout:g}s") from exc
         except Exception as exc:
@@ -354,13 +357,16 @@ class _Consumer(Generic[M]):
     async def start(self, connection: AbstractRobustConnection) -> None:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=self.prefetch)
-        self._queue = await channel.get_queue(self.queue_name, ensure=False)
+        # Declared (passively) rather than looked up, so the robust channel restores the
+        # consumer after a reconnect.
+        self._queue = await channel.declare_queue(self.queue_name, passive=True)
         self._tag = await self._queue.consume(self._on_message)
 
     async def stop(self) -> None:
         if self._queue is not None and self._tag is not None:
+            # A robust channel waits for the broker to come back; a stopping consumer does not.
             with contextlib.suppress(Exception):
-                await self._queue.cancel(self._tag)
+                await asyncio.wait_for(self._queue.cancel(self._tag), 5)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
 

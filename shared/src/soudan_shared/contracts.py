@@ -162,7 +162,12 @@ class Fact(Message):
     @field_validator("data")
     @classmethod
     def _json_safe(cls, value: dict[str, Any]) -> dict[str, Any]:
-        json.dumps(value, default=str)
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"data must be plain JSON (str, number, bool, list, dict): {exc}"
+            ) from exc
         return value
 
 
@@ -181,7 +186,7 @@ _UPCASTERS: dict[tuple[str, int], Any] = {}
 
 
 def parse_message(model: type[M], body: bytes) -> M:
-    """Read a message as a consumer: tolerate unknown fields, upcast old versions, check the rest."""
+    """Read a message as a consumer: ignore unknown fields, upcast old versions, check the rest."""
     try:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -78,8 +78,8 @@ async def open_store(
         if MemoryClient._instance is None:
             log.warning(
                 "memory_store_in_use",
-                detail="MONGODB_URL=memory:// keeps everything in this process and loses it at exit; "
-                "for development and tests only, never for real consultations",
+                detail="MONGODB_URL=memory:// keeps everything in this process and loses it "
+                "at exit; for development and tests only, never for real consultations",
             )
         return Store(MemoryClient.shared(), name, kind="memory")
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
@@ -100,7 +100,7 @@ class MemoryClient:
     _instance: MemoryClient | None = None
 
     def __init__(self) -> None:
-        self._sync = mongomock.MongoClient(tz_aware=True)
+        self._sync: Any = mongomock.MongoClient(tz_aware=True)
         self.admin = _MemoryAdmin()
 
     @classmethod

@@ -18,7 +18,6 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-
 from soudan_console.app import create_app as create_console
 from soudan_console.settings import ConsoleSettings
 from soudan_dispatch.app import create_app as create_dispatch

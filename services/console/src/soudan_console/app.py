@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from aiohttp import web
-
-from soudan_console.settings import ConsoleSettings
 from soudan_shared.http import create_base_app
 from soudan_shared.runtime import use_bus, use_store
+
+from soudan_console.settings import ConsoleSettings
 
 SERVICE = "console"
 

@@ -1,12 +1,12 @@
-"""Composition root of the dispatch service: the only service that talks to the LINE Messaging API."""
+"""Composition root of dispatch: the only service that talks to the LINE Messaging API."""
 
 from __future__ import annotations
 
 from aiohttp import web
-
-from soudan_dispatch.settings import DispatchSettings
 from soudan_shared.http import create_base_app
 from soudan_shared.runtime import use_bus, use_store
+
+from soudan_dispatch.settings import DispatchSettings
 
 SERVICE = "dispatch"
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from soudan_shared.settings import BaseServiceSettings, MongoSettings, LineApiSettings
+from soudan_shared.settings import BaseServiceSettings, LineApiSettings, MongoSettings
 
 
 class DispatchSettings(BaseServiceSettings, MongoSettings, LineApiSettings):

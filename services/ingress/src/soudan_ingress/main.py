@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from soudan_ingress.app import SERVICE, create_app
-from soudan_ingress.settings import IngressSettings
 from soudan_shared.runtime import serve, setup_logging
 from soudan_shared.settings import load_settings
+
+from soudan_ingress.app import SERVICE, create_app
+from soudan_ingress.settings import IngressSettings
 
 
 def main() -> None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import structlog
 from aiohttp import web
-
-from soudan_reporting.recorder import EVENTS, INDEXES, record_fact
-from soudan_reporting.settings import ReportingSettings
 from soudan_shared.bus import Bus
 from soudan_shared.contracts import Fact
 from soudan_shared.http import create_base_app
 from soudan_shared.runtime import STORE, use_bus, use_store
 from soudan_shared.topology import FACTS_QUEUE
+
+from soudan_reporting.recorder import EVENTS, INDEXES, record_fact
+from soudan_reporting.settings import ReportingSettings
 
 SERVICE = "reporting"
 log = structlog.get_logger(__name__)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from soudan_reporting.app import SERVICE, create_app
-from soudan_reporting.settings import ReportingSettings
 from soudan_shared.runtime import serve, setup_logging
 from soudan_shared.settings import load_settings
+
+from soudan_reporting.app import SERVICE, create_app
+from soudan_reporting.settings import ReportingSettings
 
 
 def main() -> None:

@@ -10,7 +10,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pymongo.errors import DuplicateKeyError
-
 from soudan_shared.contracts import Fact, utcnow
 from soudan_shared.store import IndexSpec
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from soudan_triage.app import SERVICE, create_app
-from soudan_triage.settings import TriageSettings
 from soudan_shared.runtime import serve, setup_logging
 from soudan_shared.settings import load_settings
+
+from soudan_triage.app import SERVICE, create_app
+from soudan_triage.settings import TriageSettings
 
 
 def main() -> None:

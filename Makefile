@@ -1,0 +1,67 @@
+# Soudan: the two set-up commands are `make up` (the stack, needs Docker) and `make test`.
+
+PYTHON ?= python3
+VENV ?= .venv
+UV = $(PYTHON) -m uv
+COMPOSE ?= docker compose
+export UV_PYTHON_DOWNLOADS = never
+
+MEMBERS := shared services/ingress services/triage services/dispatch services/console \
+           services/reporting services/allinone
+PYPROJECTS := pyproject.toml $(addsuffix /pyproject.toml,$(MEMBERS))
+
+.PHONY: install test test-unit lint format lock up down logs run clean
+
+install: $(VENV)/.installed
+
+# Third-party packages only from the hashed lock; the workspace members editable, without deps.
+$(VENV)/.installed: requirements-dev.lock $(PYPROJECTS)
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv>=0.9"
+	@test -x $(VENV)/bin/python || $(UV) venv --quiet --python $(PYTHON) $(VENV)
+	$(UV) pip sync --quiet --python $(VENV)/bin/python --require-hashes requirements-dev.lock
+	$(UV) pip install --quiet --python $(VENV)/bin/python --no-deps $(addprefix -e ,$(MEMBERS))
+	@touch $@
+
+test: install
+	$(VENV)/bin/pytest
+
+test-unit: install
+	$(VENV)/bin/pytest -m unit
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy shared
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# Re-resolve after changing a pyproject.toml. uv.lock stays out of git (it records download
+# addresses); its hashed exports are committed: the runtime set for the image, everything for dev.
+lock:
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv>=0.9"
+	$(UV) lock
+	$(UV) export --quiet --frozen --format requirements-txt --all-packages --no-dev \
+		--no-emit-workspace -o requirements.lock
+	$(UV) export --quiet --frozen --format requirements-txt --all-packages --all-groups \
+		--no-emit-workspace -o requirements-dev.lock
+
+up: deploy/.env
+	$(COMPOSE) up -d --build --wait
+
+deploy/.env:
+	sh deploy/init-env.sh
+
+down:
+	$(COMPOSE) down
+
+logs:
+	$(COMPOSE) logs -f --tail=200
+
+# All five services in one process, without Docker (see README: "Running without Docker").
+run: install
+	$(VENV)/bin/soudan-all
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,217 @@
+"""The bus against the real RabbitMQ: confirms, dead-letters, redelivery, order."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import pytest
+from soudan_shared.bus import REASON_HEADER, Bus, Permanent, PublishFailed, RetryPolicy, Transient
+from soudan_shared.contracts import Fact, LineEventReceived
+from soudan_shared.testing.waiting import wait_until
+from soudan_shared.topology import FACTS_QUEUE, Topology, line_event_queue
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+def _fact(n: int = 0) -> Fact:
+    return Fact(type="test.happened", service="test", data={"n": n})
+
+
+def _event(user: str, seq: int) -> LineEventReceived:
+    return LineEventReceived(
+        destination="Udest",
+        webhook_event_id=f"{user}-{seq}",
+        user_id=user,
+        event_type="message",
+        timestamp_ms=1_700_000_000_000 + seq,
+        received_at=datetime.now(UTC),
+        event={"type": "message", "source": {"type": "user", "userId": user}},
+    )
+
+
+async def _dead_letters(
+    channel: aio_pika.abc.AbstractChannel, topology: Topology, queue: str
+) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    dlq = await channel.get_queue(topology.dead_letter_queue(queue), ensure=False)
+    found = []
+    while (message := await dlq.get(fail=False, no_ack=True)) is not None:
+        found.append(message)
+    return found
+
+
+async def test_a_published_message_is_confirmed_and_consumed(
+    make_bus: Callable[..., Bus],
+) -> None:
+    received: list[Fact] = []
+    bus = make_bus()
+
+    async def handle(fact: Fact) -> None:
+        received.append(fact)
+
+    bus.consume(FACTS_QUEUE, Fact, handle)
+    bus.start()
+    await bus.wait_started(10)
+    sent = _fact(1)
+    await bus.publish(sent)
+    await wait_until(lambda: received, message="fact consumed")
+    assert received == [sent]
+    assert bus.metrics.published.labels("fact")._value.get() == 1
+
+
+async def test_an_unroutable_message_raises_instead_of_vanishing(
+    make_bus: Callable[..., Bus], raw_channel: aio_pika.abc.AbstractChannel, topology: Topology
+) -> None:
+    bus = make_bus()
+    bus.start()
+    await bus.wait_started(10)
+    queue = await raw_channel.get_queue(topology.queue(FACTS_QUEUE), ensure=False)
+    await queue.unbind(topology.exchange, "fact.#")
+    with pytest.raises(PublishFailed, match="unroutable"):
+        await bus.publish(_fact())
+
+
+async def test_publishing_without_a_broker_fails_fast(make_bus: Callable[..., Bus]) -> None:
+    bus = make_bus()  # never started
+    with pytest.raises(PublishFailed, match="not connected"):
+        await bus.publish(_fact())
+
+
+async def test_a_message_that_does_not_parse_is_dead_lettered_and_the_rest_flow(
+    make_bus: Callable[..., Bus], raw_channel: aio_pika.abc.AbstractChannel, topology: Topology
+) -> None:
+    received: list[int] = []
+    bus = make_bus()
+
+    async def handle(fact: Fact) -> None:
+        received.append(fact.data["n"])
+
+    bus.consume(FACTS_QUEUE, Fact, handle)
+    bus.start()
+    await bus.wait_started(10)
+    await bus.publish(_fact(1))
+    exchange = await raw_channel.get_exchange(topology.exchange, ensure=False)
+    await exchange.publish(aio_pika.Message(b"{not json"), routing_key="fact.test.poison")
+    await bus.publish(_fact(2))
+    await wait_until(lambda: received == [1, 2], message="both good facts consumed")
+    dead = await wait_until(
+        lambda: _dead_letters(raw_channel, topology, FACTS_QUEUE), message="dead letter"
+    )
+    assert [m.body for m in dead] == [b"{not json"]
+    assert str(dead[0].headers[REASON_HEADER]).startswith("unparseable: body is not JSON")
+
+
+async def test_a_permanent_failure_is_dead_lettered_with_the_handlers_reason(
+    make_bus: Callable[..., Bus], raw_channel: aio_pika.abc.AbstractChannel, topology: Topology
+) -> None:
+    bus = make_bus()
+    handled: list[int] = []
+
+    async def handle(fact: Fact) -> None:
+        if fact.data["n"] == 13:
+            raise Permanent("case 13 does not exist")
+        handled.append(fact.data["n"])
+
+    bus.consume(FACTS_QUEUE, Fact, handle)
+    bus.start()
+    await bus.wait_started(10)
+    for n in (12, 13, 14):
+        await bus.publish(_fact(n))
+    dead = await wait_until(
+        lambda: _dead_letters(raw_channel, topology, FACTS_QUEUE), message="dead letter"
+    )
+    assert dead[0].headers[REASON_HEADER] == "case 13 does not exist"
+    await wait_until(lambda: sorted(handled) == [12, 14], message="others handled")
+
+
+@pytest.mark.parametrize("in_process_attempts", [3, 1], ids=["retried-in-process", "requeued"])
+async def test_a_transient_failure_is_retried_and_its_effect_applied_once(
+    make_bus: Callable[..., Bus], in_process_attempts: int
+) -> None:
+    attempts: dict[str, int] = defaultdict(int)
+    effects: dict[str, int] = defaultdict(int)
+    bus = make_bus()
+
+    async def handle(fact: Fact) -> None:
+        attempts[fact.id] += 1
+        if attempts[fact.id] < 3:
+            raise Transient("store not reachable yet")
+        effects[fact.id] += 1
+
+    bus.consume(
+        FACTS_QUEUE, Fact, handle, retry=RetryPolicy(attempts=in_process_attempts, first_delay=0.01)
+    )
+    bus.start()
+    await bus.wait_started(10)
+    fact = _fact()
+    await bus.publish(fact)
+    await wait_until(lambda: effects[fact.id] == 1, message="effect applied")
+    assert attempts[fact.id] == 3
+    assert dict(effects) == {fact.id: 1}
+
+
+async def test_a_message_that_always_fails_ends_in_the_dead_letter_queue_after_the_limit(
+    make_bus: Callable[..., Bus], raw_channel: aio_pika.abc.AbstractChannel, topology: Topology
+) -> None:
+    bus = make_bus()
+    handled: list[int] = []
+
+    async def handle(fact: Fact) -> None:
+        if fact.data["n"] == 0:
+            raise RuntimeError("a bug")
+        handled.append(fact.data["n"])
+
+    bus.consume(FACTS_QUEUE, Fact, handle, retry=RetryPolicy(attempts=1))
+    bus.start()
+    await bus.wait_started(10)
+    await bus.publish(_fact(0))
+    await bus.publish(_fact(1))
+    dead = await wait_until(
+        lambda: _dead_letters(raw_channel, topology, FACTS_QUEUE),
+        timeout=30,
+        message="broker dead-lettered after the delivery limit",
+    )
+    assert len(dead) == 1
+    death: Any = dead[0].headers["x-death"][0]
+    assert death["reason"] == "delivery_limit"
+    assert handled == [1]
+
+
+async def test_one_users_events_are_handled_in_the_order_they_were_published(
+    make_bus: Callable[..., Bus], topology: Topology
+) -> None:
+    seen: dict[str, list[int]] = defaultdict(list)
+    failed_once: set[str] = set()
+    bus = make_bus()
+
+    async def handle(event: LineEventReceived) -> None:
+        # Random pauses and one transient failure per user would reorder a naive consumer.
+        await asyncio.sleep(random.uniform(0, 0.005))
+        user = event.user_id or ""
+        seq = int(event.webhook_event_id.rsplit("-", 1)[1])
+        if seq == 5 and user not in failed_once:
+            failed_once.add(user)
+            raise Transient("once")
+        seen[user].append(seq)
+
+    for shard in range(topology.line_event_shards):
+        bus.consume(
+            line_event_queue(shard),
+            LineEventReceived,
+            handle,
+            prefetch=50,
+            ordering_key=lambda e: e.user_id,
+            retry=RetryPolicy(attempts=2, first_delay=0.01),
+        )
+    bus.start()
+    await bus.wait_started(10)
+    users = [f"U{n:032x}" for n in range(6)]
+    await asyncio.gather(*(bus.publish(_event(user, seq)) for seq in range(40) for user in users))
+    await wait_until(lambda: sum(map(len, seen.values())) == 240, message="all events handled")
+    for user in users:
+        assert seen[user] == list(range(40)), user
