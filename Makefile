@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 UV = $(PYTHON) -m uv
-COMPOSE ?= docker compose
+COMPOSE ?= docker compose --env-file deploy/.env
 export UV_PYTHON_DOWNLOADS = never
 
 MEMBERS := shared services/ingress services/triage services/dispatch services/console \

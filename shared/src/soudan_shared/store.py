@@ -64,6 +64,10 @@ class Store:
         await self.client.close()
 
 
+def is_memory_url(url: str) -> bool:
+    return urlsplit(url).scheme == "memory"
+
+
 def database_name(url: str) -> str:
     path = urlsplit(url).path.strip("/")
     return path or DEFAULT_DATABASE
@@ -74,7 +78,7 @@ async def open_store(
 ) -> Store:
     """Open the store for ``url`` in the running loop; ``memory://`` gives the in-process fake."""
     name = database or database_name(url)
-    if url.startswith(MEMORY_URL):
+    if is_memory_url(url):
         if MemoryClient._instance is None:
             log.warning(
                 "memory_store_in_use",

@@ -156,7 +156,7 @@ def rabbitmq_url(broker: BrokerControl) -> str:
 @pytest.fixture
 async def topology(rabbitmq_url: str) -> AsyncIterator[Topology]:
     """A topology under a namespace of its own, deleted after the test."""
-    topo = Topology(namespace=f"t{uuid.uuid4().hex[:10]}", delivery_limit=5)
+    topo = Topology(namespace=f"t{uuid.uuid4().hex[:10]}")
     yield topo
     await delete_topology(rabbitmq_url, topo)
 
@@ -221,23 +221,41 @@ def mongodb_url() -> Iterator[str]:
 
 
 @pytest.fixture
-async def store(mongodb_url: str) -> AsyncIterator[Store]:
-    """A database of the test's own, dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    opened = await open_store(mongodb_url, database=name)
+def database_name() -> str:
+    """The test's own database name."""
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def store(mongodb_url: str, database_name: str) -> AsyncIterator[Store]:
+    """A handle on the test's own database, dropped afterwards."""
+    opened = await open_store(mongodb_url, database=database_name)
     yield opened
-    await opened.client.drop_database(name)
+    await opened.client.drop_database(database_name)
     await opened.close()
+
+
+def with_database(url: str, name: str) -> str:
+    """``url`` pointing at database ``name`` (the path of a MongoDB URL names the database)."""
+    parts = urlsplit(url)
+    if parts.scheme == "memory":
+        return f"memory:///{name}"
+    return parts._replace(path=f"/{name}").geturl()
 
 
 @pytest.fixture
 def service_env(
-    rabbitmq_url: str, mongodb_url: str, topology: Topology, monkeypatch: pytest.MonkeyPatch
+    rabbitmq_url: str,
+    mongodb_url: str,
+    topology: Topology,
+    database_name: str,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> dict[str, str]:
-    """Environment variables for a service under test, on the test's namespace."""
+    """Environment of a service under test: the test's bus namespace and database (``store``)."""
     env = {
         "RABBITMQ_URL": rabbitmq_url,
-        "MONGODB_URL": mongodb_url,
+        "MONGODB_URL": with_database(mongodb_url, database_name),
         "BUS_NAMESPACE": topology.namespace,
         "LOG_HASH_KEY": "test-hash-key",
         "LINE_CHANNEL_SECRET": "test-channel-secret",
