@@ -215,3 +215,29 @@ async def test_one_users_events_are_handled_in_the_order_they_were_published(
     await wait_until(lambda: sum(map(len, seen.values())) == 240, message="all events handled")
     for user in users:
         assert seen[user] == list(range(40)), user
+
+
+async def test_a_live_subscription_sees_matching_messages_while_it_runs(
+    make_bus: Callable[..., Bus], raw_channel: aio_pika.abc.AbstractChannel, topology: Topology
+) -> None:
+    seen: list[str] = []
+    recorded: list[str] = []
+    live = make_bus("console")
+
+    async def on_live(fact: Fact) -> None:
+        seen.append(fact.type)
+
+    async def record(fact: Fact) -> None:
+        recorded.append(fact.type)
+
+    live.subscribe(("fact.case.#",), Fact, on_live)
+    live.consume(FACTS_QUEUE, Fact, record)
+    live.start()
+    await live.wait_started(10)
+    exchange = await raw_channel.get_exchange(topology.exchange, ensure=False)
+    await exchange.publish(aio_pika.Message(b"garbage"), routing_key="fact.case.bad")
+    for kind in ("case.opened", "reply.sent", "case.flagged_urgent"):
+        await live.publish(Fact(type=kind, service="test"))
+    await wait_until(lambda: len(recorded) == 3, message="durable consumer saw all three")
+    await wait_until(lambda: len(seen) == 2, message="live view saw the case facts")
+    assert seen == ["case.opened", "case.flagged_urgent"]

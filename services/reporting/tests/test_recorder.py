@@ -13,6 +13,7 @@ from soudan_reporting.recorder import EVENTS, event_document
 from soudan_reporting.settings import ReportingSettings
 from soudan_shared.bus import Bus
 from soudan_shared.contracts import Fact
+from soudan_shared.facts import Facts
 from soudan_shared.runtime import start_site
 from soudan_shared.store import Store
 from soudan_shared.testing.plugin import BrokerControl
@@ -104,3 +105,22 @@ async def test_reporting_started_before_the_broker_becomes_ready_when_it_comes_u
             )
         finally:
             await proxy.stop()
+
+
+@pytest.mark.integration
+async def test_a_fact_republished_for_the_same_cause_is_recorded_once(
+    reporting: str, make_bus: Callable[..., Bus], store: Store
+) -> None:
+    """A handler that runs twice (redelivery) publishes its fact twice with the same id."""
+    await wait_until(lambda: _ready(reporting), message="reporting ready")
+    publisher = make_bus("triage")
+    publisher.start()
+    await publisher.wait_started(10)
+    facts = Facts(publisher, "triage")
+    first = await facts.publish("message.received", {"case_id": "c1"}, cause="line-msg-1")
+    again = await facts.publish("message.received", {"case_id": "c1"}, cause="line-msg-1")
+    other = await facts.publish("message.received", {"case_id": "c1"}, cause="line-msg-2")
+    assert first.id == again.id != other.id
+    events = store.db[EVENTS]
+    await wait_until(lambda: events.find_one({"_id": other.id}), message="last fact recorded")
+    assert await events.count_documents({"type": "message.received"}) == 2

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -288,7 +289,38 @@ class Bus:
             ordering_key=ordering_key,
             retry=retry or RetryPolicy(),
         )
-        if self._connection is not None and self.started.is_set():
+        self._register(consumer)
+
+    def subscribe(
+        self,
+        bindings: tuple[str, ...],
+        model: type[M],
+        handler: Handler[M],
+        *,
+        prefetch: int = 100,
+    ) -> None:
+        """Receive every message matching ``bindings`` in this process, while it runs.
+
+        For live views (the console's queue updates): the queue is exclusive to this connection
+        and goes away with it, so nothing is kept for a process that is not running, and a
+        failed handler drops the message rather than retrying it. Durable work uses
+        :meth:`consume`.
+        """
+        name = self.topology.queue(f"live.{self.service}.{uuid.uuid4().hex[:12]}")
+        consumer = _Consumer(
+            self,
+            name,
+            model,
+            handler,
+            prefetch=prefetch,
+            ordering_key=None,
+            retry=RetryPolicy(attempts=1),
+            live_bindings=bindings,
+        )
+        self._register(consumer)
+
+    def _register(self, consumer: _Consumer[Any]) -> None:
+        if self.started.is_set():
             raise RuntimeError("register consumers before the bus starts")
         self._pending_consumers.append(consumer)
 
@@ -340,8 +372,10 @@ class _Consumer(Generic[M]):
         prefetch: int,
         ordering_key: Callable[[M], str | None] | None,
         retry: RetryPolicy,
+        live_bindings: tuple[str, ...] | None = None,
     ) -> None:
         self.bus = bus
+        self.live_bindings = live_bindings
         self.queue_name = queue_name
         self.model = model
         self.handler = handler
@@ -357,9 +391,20 @@ class _Consumer(Generic[M]):
     async def start(self, connection: AbstractRobustConnection) -> None:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=self.prefetch)
-        # Declared (passively) rather than looked up, so the robust channel restores the
-        # consumer after a reconnect.
-        self._queue = await channel.declare_queue(self.queue_name, passive=True)
+        if self.live_bindings is not None:
+            self._queue = await channel.declare_queue(
+                self.queue_name,
+                durable=False,
+                exclusive=True,
+                auto_delete=True,
+                arguments={"x-queue-type": "classic"},
+            )
+            for key in self.live_bindings:
+                await self._queue.bind(self.bus.topology.exchange, routing_key=key)
+        else:
+            # Declared (passively) rather than looked up, so the robust channel restores the
+            # consumer after a reconnect.
+            self._queue = await channel.declare_queue(self.queue_name, passive=True)
         self._tag = await self._queue.consume(self._on_message)
 
     async def stop(self) -> None:
@@ -429,6 +474,10 @@ class _Consumer(Generic[M]):
                 raise
             except Exception as exc:
                 attempt += 1
+                if self.live_bindings is not None:
+                    log.warning("live_handler_failed", queue=self.queue_name, error=repr(exc))
+                    await self._settle(incoming, "dropped", requeue=False)
+                    return
                 if attempt < self.retry.attempts:
                     log.warning(
                         "handler_retry",
@@ -454,6 +503,9 @@ class _Consumer(Generic[M]):
 
     async def _dead_letter(self, incoming: AbstractIncomingMessage, reason: str) -> None:
         log.warning("dead_lettered", queue=self.queue_name, reason=reason[:300])
+        if self.live_bindings is not None:
+            await self._settle(incoming, "dropped")  # a live view has no dead-letter queue
+            return
         try:
             await self.bus.dead_letter(self.queue_name, incoming, reason)
         except PublishFailed:

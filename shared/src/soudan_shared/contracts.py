@@ -40,11 +40,12 @@ def stable_id(*parts: str) -> str:
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    return _to_utc(datetime.now(UTC))
 
 
 def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    """UTC, to the millisecond: what BSON keeps, so a time reads back equal to what was written."""
+    return value.astimezone(UTC).replace(microsecond=value.microsecond // 1000 * 1000)
 
 
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]

@@ -1,0 +1,2 @@
+def main() -> None:
+    raise SystemExit("soudan-fakeline: not built yet")
