@@ -4,7 +4,6 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from soudan_shared.records import (
     INDEXES,
     Case,
