@@ -42,7 +42,7 @@ async def test_a_lease_is_renewed_by_its_holder_and_taken_over_when_expired(stor
 
 
 async def test_shared_documents_round_trip_through_the_store(store: Store) -> None:
-    user = User(_id="U1", followed_at=T0, school_type="public_high", eligible=True)
+    user = User(id="U1", followed_at=T0, school_type="public_high", eligible=True)
     case = Case(user_id="U1", opened_at=T0, waiting_since=T0, last_message_at=T0, urgent=True)
     await store.db["users"].insert_one(user.to_document())
     await store.db["cases"].insert_one(case.to_document())
