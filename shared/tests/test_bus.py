@@ -13,6 +13,7 @@ import aio_pika
 import pytest
 from soudan_shared.bus import REASON_HEADER, Bus, Permanent, PublishFailed, RetryPolicy, Transient
 from soudan_shared.contracts import Fact, LineEventReceived
+from soudan_shared.fact_types import BUS_DEAD_LETTERED
 from soudan_shared.testing.waiting import wait_until
 from soudan_shared.topology import FACTS_QUEUE, Topology, line_event_queue
 
@@ -86,9 +87,13 @@ async def test_a_message_that_does_not_parse_is_dead_lettered_and_the_rest_flow(
     make_bus: Callable[..., Bus], raw_channel: aio_pika.abc.AbstractChannel, topology: Topology
 ) -> None:
     received: list[int] = []
+    reported: list[Fact] = []
     bus = make_bus()
 
     async def handle(fact: Fact) -> None:
+        if fact.type == BUS_DEAD_LETTERED:
+            reported.append(fact)
+            return
         received.append(fact.data["n"])
 
     bus.consume(FACTS_QUEUE, Fact, handle)
@@ -104,6 +109,9 @@ async def test_a_message_that_does_not_parse_is_dead_lettered_and_the_rest_flow(
     )
     assert [m.body for m in dead] == [b"{not json"]
     assert str(dead[0].headers[REASON_HEADER]).startswith("unparseable: body is not JSON")
+    (fact,) = await wait_until(lambda: reported, message="dead-letter reported as a fact")
+    assert fact.data["queue"] == topology.queue(FACTS_QUEUE)
+    assert fact.data["reason"].startswith("unparseable")
 
 
 async def test_a_permanent_failure_is_dead_lettered_with_the_handlers_reason(
@@ -113,6 +121,8 @@ async def test_a_permanent_failure_is_dead_lettered_with_the_handlers_reason(
     handled: list[int] = []
 
     async def handle(fact: Fact) -> None:
+        if fact.type == BUS_DEAD_LETTERED:
+            return
         if fact.data["n"] == 13:
             raise Permanent("case 13 does not exist")
         handled.append(fact.data["n"])
@@ -162,6 +172,8 @@ async def test_a_message_that_always_fails_ends_in_the_dead_letter_queue_after_t
     handled: list[int] = []
 
     async def handle(fact: Fact) -> None:
+        if fact.type == BUS_DEAD_LETTERED:
+            return
         if fact.data["n"] == 0:
             raise RuntimeError("a bug")
         handled.append(fact.data["n"])
@@ -228,7 +240,8 @@ async def test_a_live_subscription_sees_matching_messages_while_it_runs(
         seen.append(fact.type)
 
     async def record(fact: Fact) -> None:
-        recorded.append(fact.type)
+        if fact.type != BUS_DEAD_LETTERED:
+            recorded.append(fact.type)
 
     live.subscribe(("fact.case.#",), Fact, on_live)
     live.consume(FACTS_QUEUE, Fact, record)

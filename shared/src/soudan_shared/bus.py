@@ -34,7 +34,15 @@ from aio_pika.abc import (
 )
 from prometheus_client import CollectorRegistry, Counter
 
-from soudan_shared.contracts import Message, MessageRejected, parse_message
+from soudan_shared.contracts import (
+    Fact,
+    Message,
+    MessageRejected,
+    new_id,
+    parse_message,
+    stable_id,
+)
+from soudan_shared.fact_types import BUS_DEAD_LETTERED
 from soudan_shared.topology import Topology
 
 log = structlog.get_logger(__name__)
@@ -513,6 +521,14 @@ class _Consumer(Generic[M]):
             await self._settle(incoming, "requeued", requeue=True)
             return
         await self._settle(incoming, "dead_lettered")
+        fact = Fact(
+            id=stable_id(BUS_DEAD_LETTERED, self.queue_name, incoming.message_id or new_id()),
+            type=BUS_DEAD_LETTERED,
+            service=self.bus.service,
+            data={"queue": self.queue_name, "reason": reason[:300], "message_type": incoming.type},
+        )
+        with contextlib.suppress(PublishFailed):
+            await self.bus.publish(fact)
 
     async def _settle(
         self, incoming: AbstractIncomingMessage, outcome: str, *, requeue: bool = False

@@ -19,6 +19,7 @@ import structlog
 from aiohttp import web
 
 from soudan_shared.bus import Bus, PublishFailed
+from soudan_shared.fact_types import SERVICE_STARTED, SERVICE_STOPPED
 from soudan_shared.facts import Facts
 from soudan_shared.http import REGISTRY, add_readiness_check
 from soudan_shared.logging import configure_logging
@@ -82,7 +83,7 @@ def use_bus(
             await announce
         if bus.is_ready:
             with contextlib.suppress(PublishFailed):
-                await facts.publish("service.stopped", _instance(), at=None)
+                await facts.publish(SERVICE_STOPPED, _instance())
         await bus.close()
 
     app.cleanup_ctx.append(bus_ctx)
@@ -93,7 +94,7 @@ async def _announce_start(bus: Bus, facts: Facts) -> None:
     await bus.wait_started()
     for _ in range(10):
         try:
-            await facts.publish("service.started", _instance())
+            await facts.publish(SERVICE_STARTED, _instance())
             return
         except PublishFailed:
             await asyncio.sleep(1)

@@ -1,0 +1,87 @@
+"""The catalogue of fact types: who publishes each, and what its ``data`` holds.
+
+The monthly report is built from the ``events`` log alone, so this catalogue is the contract
+between every service and reporting. Publish facts with these constants (``facts.publish(
+CASE_OPENED, {...})``); add a type here before using it. ``data`` is plain JSON and never holds
+message text, tokens or passwords. Times inside ``data`` are ISO-8601 strings in UTC; the fact's
+own ``at`` is when it happened. ``user_id`` is the LINE user id (the store holds it anyway; logs
+hash it).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# -- every service --------------------------------------------------------------------------
+SERVICE_STARTED: Final = "service.started"  # {host, pid}
+SERVICE_STOPPED: Final = "service.stopped"  # {host, pid}
+BUS_DEAD_LETTERED: Final = "bus.dead_lettered"  # {queue, reason, message_type}
+
+# -- ingress ----------------------------------------------------------------------------------
+SIGNATURE_REJECTED: Final = "security.signature_rejected"  # {source, reason: missing|mismatch}
+# Per-minute summary of webhook requests, so the report has latency without a fact per request:
+# {window_start, window_seconds, requests, events, by_status: {"200": n, …},
+#  latency_ms_buckets: {"<=le": n, …, "+Inf": n}}
+WEBHOOK_REQUESTS: Final = "webhook.requests"
+
+# -- triage -----------------------------------------------------------------------------------
+LINE_FOLLOWED: Final = "line.followed"  # {user_id, unblocked: bool}
+LINE_UNFOLLOWED: Final = "line.unfollowed"  # {user_id}
+SCHOOL_TYPE_SET: Final = "user.school_type_set"  # {user_id, school_type, eligible}
+LINE_EVENT_IGNORED: Final = "line.event_ignored"  # {event_type, webhook_event_id}
+CASE_OPENED: Final = "case.opened"
+# {case_id, user_id, in_hours: bool, out_of_scope: bool, school_type: str|None, urgent: bool}
+MESSAGE_RECEIVED: Final = "message.received"  # {case_id, user_id, message_id, chars}
+MEDIA_REFUSED: Final = "message.media_refused"  # {user_id, kind, replied: bool}
+MESSAGE_UNSENT: Final = "message.unsent"  # {user_id, message_id, case_id|None}
+CASE_FLAGGED_URGENT: Final = "case.flagged_urgent"  # {case_id, user_id, keywords: [...], in_hours}
+# A decision to answer automatically; dispatch's reply.sent says it went out:
+# {user_id, case_id|None, purpose: greeting|out_of_hours|urgent_out_of_hours|congestion|
+#  media_refused|school_type_answer|…}
+AUTO_REPLY_DECIDED: Final = "auto_reply.decided"
+CONGESTION_MEASURED: Final = "congestion.measured"
+# {waiting, oldest_wait_seconds, estimated_wait_seconds, active_counselors, congested: bool}
+RETENTION_RUN: Final = "retention.run"  # {erased_messages, older_than}
+
+# -- dispatch ---------------------------------------------------------------------------------
+REPLY_SENT: Final = "reply.sent"
+# {purpose, method: reply|push, user_id, case_id|None, staff_id|None, latency_ms, request_id,
+#  messages: n, command_id}
+REPLY_FAILED: Final = "reply.failed"  # {purpose, user_id, case_id|None, reason, status, attempts}
+LINE_API_ERROR: Final = "line.api_error"  # {endpoint, status, request_id|None}
+BROADCAST_STARTED: Final = "broadcast.started"  # {broadcast_id, audience, method, planned}
+BROADCAST_CHUNK_SENT: Final = "broadcast.chunk_sent"  # {broadcast_id, chunk, recipients}
+BROADCAST_FINISHED: Final = "broadcast.finished"  # {broadcast_id, recipients, failures}
+BROADCAST_REFUSED: Final = "broadcast.refused"  # {broadcast_id, reason}
+LINE_TOKEN_ROTATED: Final = "security.line_token_rotated"  # {issued_at, key_id|None}
+
+# -- console ----------------------------------------------------------------------------------
+LOGIN_SUCCEEDED: Final = "security.login_succeeded"  # {staff_id, role, second_factor: bool}
+LOGIN_FAILED: Final = "security.login_failed"  # {staff_id|None, reason, source}
+LOCKED_OUT: Final = "security.locked_out"  # {staff_id, source}
+PASSWORD_CHANGED: Final = "security.password_changed"  # {staff_id, by}
+SECOND_FACTOR_ENABLED: Final = "security.second_factor_enabled"  # {staff_id}
+STAFF_CREATED: Final = "staff.created"  # {staff_id, role, by}
+STAFF_ROLE_CHANGED: Final = "staff.role_changed"  # {staff_id, before, after, by}
+STAFF_DISABLED: Final = "staff.disabled"  # {staff_id, by}
+CASE_VIEWED: Final = "case.viewed"  # {case_id, staff_id}
+CASE_CLAIMED: Final = "case.claimed"  # {case_id, staff_id, waited_seconds}
+CASE_RELEASED: Final = "case.released"  # {case_id, staff_id}
+CASE_TRANSFERRED: Final = "case.transferred"  # {case_id, from_staff_id, to_staff_id, by}
+CASE_NOTE_ADDED: Final = "case.note_added"  # {case_id, staff_id}
+REPLY_REQUESTED: Final = "reply.requested"  # {case_id, staff_id, command_id, messages: n}
+CASE_CLOSED: Final = "case.closed"
+# {case_id, staff_id, category, outcome, opened_at, duration_seconds, urgent, out_of_scope}
+EMERGENCY_RAISED: Final = "emergency.raised"  # {emergency_id, case_id, type, staff_id}
+EMERGENCY_CONTACT: Final = "emergency.contact_recorded"
+# {emergency_id, case_id, agency, result, staff_id, contacted_at}
+EMERGENCY_CLOSED: Final = "emergency.closed"  # {emergency_id, case_id, staff_id}
+EMERGENCY_NOTIFIED: Final = "emergency.notified"  # {emergency_id, channel: live|email, recipients}
+SETTINGS_CHANGED: Final = "settings.changed"  # {what, before, after, staff_id}
+BROADCAST_REQUESTED: Final = "broadcast.requested"  # {broadcast_id, staff_id, audience}
+REPORT_DOWNLOADED: Final = "report.downloaded"  # {month, file, staff_id}
+
+# -- reporting --------------------------------------------------------------------------------
+REPORT_BUILT: Final = "report.built"  # {month, files: [...], trigger: schedule|manual}
+REPORT_EMAILED: Final = "report.emailed"  # {month, recipients: n}
+REPORT_EMAIL_FAILED: Final = "report.email_failed"  # {month, reason, attempts}
