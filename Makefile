@@ -65,3 +65,9 @@ run: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# PNGs of the console for the README, into docs/screenshots/ (needs RabbitMQ at RABBITMQ_URL or
+# 127.0.0.1:5672, and Debian's chromium and fonts-noto-cjk).
+.PHONY: screenshots
+screenshots: install
+	$(VENV)/bin/python services/console/tests/make_screenshots.py docs/screenshots

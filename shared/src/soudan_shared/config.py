@@ -63,18 +63,25 @@ __all__ = [
     "AgenciesConfig",
     "Agency",
     "AutoReplies",
+    "BroadcastSchedule",
     "BroadcastTemplates",
     "CategoriesConfig",
     "Category",
     "ConfigError",
     "CongestionConfig",
+    "CongestionEstimate",
     "CongestionLimits",
     "ConsultationPeriod",
+    "DateOverride",
     "DateRange",
     "FollowMessages",
     "HoursConfig",
+    "KeywordWindow",
     "KeywordsConfig",
+    "MenuReplies",
     "MessagesConfig",
+    "RichMenuConfig",
+    "RichMenuLabels",
     "SchoolTypeChoice",
     "SchoolTypeQuestion",
     "Session",
@@ -200,6 +207,7 @@ _TemplateText = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=LINE_TEXT_MAX)
 ]
 OutOfHoursTemplate = Annotated[_TemplateText, _template("next_open")]
+HoursReplyTemplate = Annotated[_TemplateText, _template(optional=("hours", "status"))]
 UrgentOutOfHoursTemplate = Annotated[_TemplateText, _template(optional=("next_open",))]
 PeriodNoticeTemplate = Annotated[_TemplateText, _template("period")]
 
@@ -247,9 +255,13 @@ class DateRange(_Model):
 
 
 class ConsultationPeriod(DateRange):
-    """A consultation period (相談実施期間); outside every period the service is closed."""
+    """A consultation period (相談実施期間); outside every period the service is closed.
+
+    ``weekly``, when given, replaces the file's ``weekly`` hours on the days of this period.
+    """
 
     name: Label
+    weekly: WeeklyHours | None = None
 
 
 class Session(_Model):
@@ -309,7 +321,11 @@ DaySessions = Annotated[
 
 
 class WeeklyHours(_Model):
-    """Sessions per weekday, sorted by opening time; an empty weekday is closed."""
+    """Sessions per weekday, sorted by opening time; an empty weekday is closed.
+
+    ``holiday`` gives the sessions of Japanese national holidays (振替休日 included); left out,
+    a holiday keeps the sessions of its weekday. (``closed_on_public_holidays`` closes them.)
+    """
 
     monday: DaySessions = ()
     tuesday: DaySessions = ()
@@ -318,6 +334,7 @@ class WeeklyHours(_Model):
     friday: DaySessions = ()
     saturday: DaySessions = ()
     sunday: DaySessions = ()
+    holiday: DaySessions | None = None
 
     def sessions_on(self, weekday: int) -> tuple[Session, ...]:
         """The sessions of ``weekday`` (0 = Monday, as :meth:`datetime.date.weekday`)."""
@@ -334,12 +351,25 @@ def _closed_dates(value: Any) -> Any:
     return value
 
 
+class DateOverride(_Model):
+    """The sessions of one date, whatever the periods, closed dates and holidays say.
+
+    An empty ``sessions`` closes the day.
+    """
+
+    date: date
+    sessions: DaySessions = ()
+    note: Note = ""
+
+
 class HoursConfig(_Model):
     """``hours.yaml``: when the service is open (運営要領 第3(3)).
 
-    Dates and times are local to ``timezone``. A day is open only if it lies in one of
-    ``periods``, is not in ``closed_dates``, and is not a public holiday while
-    ``closed_on_public_holidays`` is set; it is then open during that weekday's sessions.
+    Dates and times are local to ``timezone``. A date listed in ``overrides`` has exactly the
+    sessions given there. Any other day is open only if it lies in one of ``periods``, is not in
+    ``closed_dates``, and is not a public holiday while ``closed_on_public_holidays`` is set; it
+    is then open during the sessions of its weekday (or of ``holiday`` on a national holiday),
+    taken from its period's ``weekly`` if the period has one, else from ``weekly``.
     """
 
     timezone: ZoneInfo
@@ -347,6 +377,15 @@ class HoursConfig(_Model):
     weekly: WeeklyHours
     closed_dates: Annotated[tuple[DateRange, ...], BeforeValidator(_closed_dates)] = ()
     closed_on_public_holidays: bool
+    overrides: tuple[DateOverride, ...] = ()
+
+    @field_validator("overrides")
+    @classmethod
+    def _one_override_per_date(
+        cls, overrides: tuple[DateOverride, ...]
+    ) -> tuple[DateOverride, ...]:
+        _unique([o.date.isoformat() for o in overrides], "override date")
+        return overrides
 
     @field_validator("periods")
     @classmethod
@@ -413,6 +452,29 @@ class AutoReplies(_Model):
     out_of_hours_urgent: UrgentOutOfHoursTemplate
     congested: Text
     media_refused: Text
+    media_refused_interval_minutes: PositiveCount = Field(
+        default=10,
+        description="media_refused is sent to one user at most once in this many minutes",
+    )
+    no_next_open: Text = Field(
+        default="次の相談期間が決まったら、このLINEでお知らせします",
+        description="stands in for {next_open} when no opening is configured ahead",
+    )
+
+
+class BroadcastSchedule(_Model):
+    """When dispatch sends the announcements by itself (第5(3)); each runs once.
+
+    ``period_notice_days_before``: the period notice goes out that many days before each
+    consultation period starts, at ``period_notice_at`` (None: never by itself). ``open_now``:
+    "相談を受け付けています" at the first opening of each period (``period_start``), at every
+    opening (``every_session``), or never (``off``).
+    """
+
+    period_notice_days_before: Annotated[int, Field(ge=0, le=60)] | None = 7
+    period_notice_at: ClockTime = time(12, 0)
+    open_now: Literal["off", "period_start", "every_session"] = "period_start"
+    audience: Literal["registered", "target_group"] = "registered"
 
 
 class BroadcastTemplates(_Model):
@@ -424,6 +486,47 @@ class BroadcastTemplates(_Model):
 
     period_notice: PeriodNoticeTemplate
     open_now: Text
+    schedule: BroadcastSchedule = Field(default_factory=lambda: BroadcastSchedule())
+
+
+RichMenuLabel = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=12)
+]
+
+
+class RichMenuLabels(_Model):
+    """The four entries of the rich menu, as printed on its image."""
+
+    consult: RichMenuLabel = "相談する"
+    hours: RichMenuLabel = "相談できる時間"
+    policy: RichMenuLabel = "運用ポリシー"
+    inquiry: RichMenuLabel = "お問い合わせ"
+
+
+class RichMenuConfig(_Model):
+    """The account's rich menu (第8): ``soudan-dispatch richmenu apply`` creates it.
+
+    ``inquiry_url`` is the section's web page for usage questions (第8-3); without it, the
+    first ``https://`` address in ``inquiry`` is used.
+    """
+
+    chat_bar_text: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=14)
+    ] = "メニュー"
+    labels: RichMenuLabels = Field(default_factory=lambda: RichMenuLabels())
+    inquiry_url: Annotated[str, StringConstraints(pattern=r"^https://\S+$")] | None = None
+
+
+class MenuReplies(_Model):
+    """Answers to the rich menu's entries (第8-1, 第8-3).
+
+    ``hours`` is a template that may use ``{hours}`` (the periods, weekly hours and closed days,
+    written by the sender from ``hours.yaml``) and ``{status}`` (one sentence: open now, or the
+    next opening). The policy entry answers with ``follow.policy`` and the inquiry entry with
+    ``inquiry``.
+    """
+
+    hours: HoursReplyTemplate = "【相談できる日と時間】\n{hours}\n\n{status}"
 
 
 class MessagesConfig(_Model):
@@ -438,6 +541,8 @@ class MessagesConfig(_Model):
     auto_reply: AutoReplies
     inquiry: Text
     broadcast: BroadcastTemplates
+    menu: MenuReplies = MenuReplies()
+    rich_menu: RichMenuConfig = Field(default_factory=lambda: RichMenuConfig())
 
 
 # -- keywords.yaml -----------------------------------------------------------------------------
@@ -452,6 +557,14 @@ def _dedupe(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(values))
 
 
+class KeywordWindow(_Model):
+    """A keyword split over a user's consecutive messages is caught within this window: the
+    last ``messages`` messages (the new one included) sent within ``minutes`` of the new one."""
+
+    messages: PositiveCount = 5
+    minutes: PositiveCount = 2
+
+
 class KeywordsConfig(_Model):
     """``keywords.yaml``: words that flag a message urgent (第5(4)).
 
@@ -463,6 +576,7 @@ class KeywordsConfig(_Model):
 
     official: tuple[Keyword, ...] = OFFICIAL_KEYWORDS
     extra: tuple[Keyword, ...] = ()
+    window: KeywordWindow = KeywordWindow()
 
     @field_validator("official")
     @classmethod
@@ -496,10 +610,22 @@ class CongestionLimits(_Model):
     max_estimated_wait_minutes: PositiveCount
 
 
+class CongestionEstimate(_Model):
+    """What the estimated wait assumes when the store cannot tell yet.
+
+    ``counselors``: counselors answering when none is seen holding a case; ``minutes_per_case``:
+    the time one case takes when too few cases were closed recently to measure it.
+    """
+
+    counselors: PositiveCount = 2
+    minutes_per_case: PositiveCount = 30
+
+
 class CongestionConfig(_Model):
     """``congestion.yaml``: when a message gets the congestion auto-reply (第5(2))."""
 
     limits: CongestionLimits
+    estimate: CongestionEstimate = CongestionEstimate()
 
 
 # -- agencies.yaml -----------------------------------------------------------------------------

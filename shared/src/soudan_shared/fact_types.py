@@ -22,6 +22,8 @@ SIGNATURE_REJECTED: Final = "security.signature_rejected"  # {source, reason: mi
 # Per-minute summary of webhook requests, so the report has latency without a fact per request:
 # {window_start, window_seconds, requests, events, by_status: {"200": n, …},
 #  latency_ms_buckets: {"<=le": n, …, "+Inf": n}}
+# (keys like "<=50" and "+Inf"; reporting reads the counts per bucket or cumulative, Prometheus
+#  style, and tells them apart by their sum against ``requests``)
 WEBHOOK_REQUESTS: Final = "webhook.requests"
 
 # -- triage -----------------------------------------------------------------------------------
@@ -54,6 +56,10 @@ BROADCAST_CHUNK_SENT: Final = "broadcast.chunk_sent"  # {broadcast_id, chunk, re
 BROADCAST_FINISHED: Final = "broadcast.finished"  # {broadcast_id, recipients, failures}
 BROADCAST_REFUSED: Final = "broadcast.refused"  # {broadcast_id, reason}
 LINE_TOKEN_ROTATED: Final = "security.line_token_rotated"  # {issued_at, key_id|None}
+# Channel access tokens v2.1 that dispatch issues with its assertion signing key, and revokes
+# when it renews them: {key_id, issued_at, expires_at} and {key_id, reason: renewed|…}.
+TOKEN_ISSUED: Final = "security.token_issued"
+TOKEN_REVOKED: Final = "security.token_revoked"
 
 # -- console ----------------------------------------------------------------------------------
 LOGIN_SUCCEEDED: Final = "security.login_succeeded"  # {staff_id, role, second_factor: bool}
@@ -61,9 +67,12 @@ LOGIN_FAILED: Final = "security.login_failed"  # {staff_id|None, reason, source}
 LOCKED_OUT: Final = "security.locked_out"  # {staff_id, source}
 PASSWORD_CHANGED: Final = "security.password_changed"  # {staff_id, by}
 SECOND_FACTOR_ENABLED: Final = "security.second_factor_enabled"  # {staff_id}
+SECOND_FACTOR_DISABLED: Final = "security.second_factor_disabled"  # {staff_id, by}
 STAFF_CREATED: Final = "staff.created"  # {staff_id, role, by}
+# (optionally ``name``, the display name: the monthly report then names staff by it, not by id)
 STAFF_ROLE_CHANGED: Final = "staff.role_changed"  # {staff_id, before, after, by}
 STAFF_DISABLED: Final = "staff.disabled"  # {staff_id, by}
+STAFF_ENABLED: Final = "staff.enabled"  # {staff_id, by}: a disabled account used again
 CASE_VIEWED: Final = "case.viewed"  # {case_id, staff_id}
 CASE_CLAIMED: Final = "case.claimed"  # {case_id, staff_id, waited_seconds}
 CASE_RELEASED: Final = "case.released"  # {case_id, staff_id}
@@ -72,11 +81,18 @@ CASE_NOTE_ADDED: Final = "case.note_added"  # {case_id, staff_id}
 REPLY_REQUESTED: Final = "reply.requested"  # {case_id, staff_id, command_id, messages: n}
 CASE_CLOSED: Final = "case.closed"
 # {case_id, staff_id, category, outcome, opened_at, duration_seconds, urgent, out_of_scope}
+# outcome: resolved (助言して終了) | continuing (見守り・継続) | referred (関係機関につないだ) |
+#          no_response (返事がなくなった) | other
 EMERGENCY_RAISED: Final = "emergency.raised"  # {emergency_id, case_id, type, staff_id}
+# type: suicide_notice (自殺予告) | child_abuse (児童虐待) | crime_victim (犯罪被害) | other
 EMERGENCY_CONTACT: Final = "emergency.contact_recorded"
 # {emergency_id, case_id, agency, result, staff_id, contacted_at}
+# result: referred (対応を依頼した) | consulted (相談した) | no_answer (つながらなかった) |
+#         callback (折り返し待ち)
 EMERGENCY_CLOSED: Final = "emergency.closed"  # {emergency_id, case_id, staff_id}
 EMERGENCY_NOTIFIED: Final = "emergency.notified"  # {emergency_id, channel: live|email, recipients}
+EMERGENCY_NOTIFICATION_FAILED: Final = "emergency.notification_failed"
+# {emergency_id, channel: email, reason, attempts}
 SETTINGS_CHANGED: Final = "settings.changed"  # {what, before, after, staff_id}
 BROADCAST_REQUESTED: Final = "broadcast.requested"  # {broadcast_id, staff_id, audience}
 REPORT_DOWNLOADED: Final = "report.downloaded"  # {month, file, staff_id}

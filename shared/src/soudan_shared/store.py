@@ -168,15 +168,23 @@ class MemoryCursor:
         self._cursor = self._cursor.skip(n)
         return self
 
+    def _documents(self) -> list[dict[str, Any]]:
+        # mongomock's Cursor copies its whole result list on every next(), which makes reading
+        # n documents O(n²) (100,000 users: minutes): take the computed results in one go.
+        compute = getattr(self._cursor, "_compute_results", None)
+        if compute is not None:
+            return list(compute(with_limit_and_skip=True))
+        return list(self._cursor)
+
     async def to_list(self, length: int | None = None) -> list[dict[str, Any]]:
-        docs = list(self._cursor)
+        docs = self._documents()
         return docs if length is None else docs[:length]
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[dict[str, Any]]:
-        for doc in self._cursor:
+        for doc in self._documents():
             yield doc
 
 

@@ -1,7 +1,52 @@
 from __future__ import annotations
 
+from pathlib import Path
+
+from pydantic import Field, SecretStr
 from soudan_shared.settings import BaseServiceSettings, MongoSettings
 
 
 class ConsoleSettings(BaseServiceSettings, MongoSettings):
     console_port: int = 8081
+
+    console_admin_email: str | None = Field(
+        default=None, description="First admin, created at start when no staff account exists."
+    )
+    console_admin_password: SecretStr | None = None
+    console_session_secret: SecretStr | None = Field(
+        default=None,
+        description="Key of the HMAC under which session ids are stored (a leaked database then "
+        "holds no usable session); changing it signs everybody out.",
+    )
+    console_development: bool = Field(
+        default=False,
+        description="true drops the Secure flag of the session cookie (plain http on localhost).",
+    )
+    console_base_url: str = Field(
+        default="", description="The console's address as staff reach it, for links in e-mails."
+    )
+    console_password_max_age_days: int = Field(default=90, ge=1)
+    console_password_min_length: int = Field(default=12, ge=12)
+    console_lockout_threshold: int = Field(default=5, ge=1)
+    console_lockout_minutes: int = Field(default=30, ge=1)
+    console_idle_timeout_minutes: int = Field(default=30, ge=1)
+    console_session_max_hours: int = Field(default=12, ge=1)
+    console_urgent_alert_minutes: int = Field(
+        default=5, ge=1, description="Alert supervisors when an urgent case waits this long."
+    )
+
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = True
+    smtp_from: str = "soudan@localhost"
+    emergency_recipients: str = Field(
+        default="", description="Comma-separated addresses e-mailed when an emergency is raised."
+    )
+
+    reports_dir: Path = Path("reports")
+
+    @property
+    def emergency_recipient_list(self) -> list[str]:
+        return [a.strip() for a in self.emergency_recipients.split(",") if a.strip()]

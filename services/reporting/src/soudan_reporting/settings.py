@@ -1,7 +1,55 @@
 from __future__ import annotations
 
+from pathlib import Path
+
+from pydantic import Field, SecretStr
 from soudan_shared.settings import BaseServiceSettings, MongoSettings
+
+IPAEX_GOTHIC = Path("/usr/share/fonts/opentype/ipaexfont-gothic/ipaexg.ttf")
 
 
 class ReportingSettings(BaseServiceSettings, MongoSettings):
     reporting_port: int = 8084
+
+    # -- the monthly report ------------------------------------------------------------------
+    reports_dir: Path = Field(
+        default=Path("reports"),
+        description="Where soudan-report-YYYY-MM.xlsx and .pdf are written (and kept).",
+    )
+    report_font_path: Path = Field(
+        default=IPAEX_GOTHIC,
+        description="A Japanese TrueType font embedded in the PDF (Debian: fonts-ipaexfont).",
+    )
+    report_password_max_age_days: int = Field(
+        default=90, ge=1, description="Staff passwords older than this are named in the report."
+    )
+    report_token_max_age_days: int = Field(
+        default=90, ge=1, description="A LINE channel token older than this is flagged."
+    )
+    report_recipients: str = Field(
+        default="", description="Comma-separated addresses that receive the report by mail."
+    )
+    report_email_attempts: int = Field(default=5, ge=1)
+    report_email_backoff_seconds: float = Field(
+        default=30.0, ge=0, description="First wait between attempts; doubles each time."
+    )
+
+    # -- outgoing mail (shared names with the console's emergency mail) ------------------------
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_starttls: bool = True
+    smtp_from: str = "soudan@localhost"
+    smtp_ca_file: Path | None = Field(
+        default=None, description="CA bundle for a mail server with a private certificate."
+    )
+    smtp_timeout_seconds: float = 30.0
+
+    @property
+    def recipients(self) -> list[str]:
+        return [a.strip() for a in self.report_recipients.split(",") if a.strip()]
+
+    @property
+    def email_configured(self) -> bool:
+        return bool(self.smtp_host and self.recipients)

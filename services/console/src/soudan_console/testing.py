@@ -1,0 +1,169 @@
+"""Helpers of the console's tests (kept in the package so test modules can import them)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from soudan_shared.contracts import Fact, new_id, utcnow
+from soudan_shared.records import CASES, MESSAGES, USERS, Case, StoredMessage, User
+from soudan_shared.store import Store
+from soudan_shared.testing.waiting import wait_until
+
+from soudan_console.core import Console
+from soudan_console.domain import STAFF, Staff
+from soudan_console.settings import ConsoleSettings
+from soudan_console.staff import create_staff
+from soudan_console.web import CONSOLE
+
+PASSWORD = "sakura-tsuki-hoshi-42"  # noqa: S105 - test accounts only
+
+
+@dataclass
+class RunningConsole:
+    url: str
+    app: Any
+    store: Store
+    settings: ConsoleSettings
+    facts: list[Fact] = field(default_factory=list)
+
+    @property
+    def console(self) -> Console:
+        return self.app[CONSOLE]  # type: ignore[no-any-return]
+
+    async def add_staff(
+        self, role: str, *, email: str | None = None, name: str | None = None, **fields: Any
+    ) -> Staff:
+        staff = await create_staff(
+            self.console,
+            email=email or f"{role}-{new_id()[:6]}@example.jp",
+            name=name or f"{role}さん",
+            role=role,
+            password=PASSWORD,
+            by="test",
+            must_change=False,
+        )
+        if fields:
+            await self.store.db[STAFF].update_one({"_id": staff.id}, {"$set": fields})
+        return staff
+
+    def facts_of(self, type: str) -> list[Fact]:
+        return [f for f in self.facts if f.type == type]
+
+    async def wait_fact(self, fact_type: str, /, **data: Any) -> Fact:
+        def match() -> Fact | None:
+            for fact in self.facts_of(fact_type):
+                if all(fact.data.get(k) == v for k, v in data.items()):
+                    return fact
+            return None
+
+        found: Fact = await wait_until(match, timeout=10, message=f"fact {fact_type} {data}")
+        return found
+
+
+async def seed_case(
+    store: Store,
+    *,
+    urgent: bool = False,
+    keywords: tuple[str, ...] = (),
+    texts: tuple[str, ...] = ("こんばんは。相談したいことがあります。",),
+    waited: timedelta = timedelta(minutes=1),
+    user_id: str | None = None,
+    school_type: str | None = "public_junior_high",
+    out_of_scope: bool = False,
+    state: str = "waiting",
+    **fields: Any,
+) -> Case:
+    now = utcnow()
+    user_id = user_id or "U" + new_id()
+    if await store.db[USERS].find_one({"_id": user_id}) is None:
+        user = User.model_validate(
+            {
+                "_id": user_id,
+                "followed_at": now - timedelta(days=3),
+                "school_type": school_type,
+                "eligible": not out_of_scope,
+            }
+        )
+        await store.db[USERS].insert_one(user.to_document())
+    case = Case.model_validate(
+        {
+            "user_id": user_id,
+            "state": state,
+            "urgent": urgent,
+            "keywords": list(keywords),
+            "out_of_scope": out_of_scope,
+            "school_type": school_type,
+            "opened_at": now - waited,
+            "waiting_since": now - waited,
+            "last_message_at": now - waited,
+            "flagged_urgent_at": now - waited if urgent else None,
+            **fields,
+        }
+    )
+    await store.db[CASES].insert_one(case.to_document())
+    for i, text in enumerate(texts):
+        message = StoredMessage.model_validate(
+            {
+                "_id": f"line:{new_id()}",
+                "case_id": case.id,
+                "user_id": user_id,
+                "direction": "in",
+                "text": text,
+                "at": now - waited + timedelta(seconds=i),
+            }
+        )
+        await store.db[MESSAGES].insert_one(message.to_document())
+    return case
+
+
+async def login(page: Any, url: str, email: str, password: str = PASSWORD) -> None:
+    await page.goto(f"{url}/login")
+    await page.fill("input[name=email]", email)
+    await page.fill("input[name=password]", password)
+    await page.click("button.primary")
+    await page.wait_for_load_state()
+
+
+def path_of(page: Any) -> str:
+    return re.sub(r"^https?://[^/]+", "", page.url)
+
+
+CSRF = re.compile(r'data-csrf="([^"]*)"')
+
+
+class Browserless:
+    """A staff member's session driven over plain HTTP (aiohttp), for tests without a browser."""
+
+    def __init__(self, url: str) -> None:
+        import aiohttp
+
+        self.url = url
+        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        self.csrf = ""
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    async def get(self, path: str, **kw: Any) -> tuple[int, str, str]:
+        async with self.http.get(self.url + path, **kw) as response:
+            text = await response.text()
+            found = CSRF.search(text)
+            if found and found.group(1):
+                self.csrf = found.group(1)
+            return response.status, response.url.path_qs, text
+
+    async def post(self, path: str, data: dict[str, Any] | None = None) -> tuple[int, str, str]:
+        form = {"csrf_token": self.csrf, **(data or {})}
+        async with self.http.post(self.url + path, data=form) as response:
+            text = await response.text()
+            found = CSRF.search(text)
+            if found and found.group(1):
+                self.csrf = found.group(1)
+            return response.status, response.url.path_qs, text
+
+    async def login(self, email: str, password: str = PASSWORD) -> tuple[int, str, str]:
+        await self.get("/login")
+        return await self.post("/login", {"email": email, "password": password})

@@ -1,0 +1,545 @@
+"""Admins' pages (staff, security, the section's settings, canned responses, broadcasts) and the
+section's report downloads."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from soudan_shared import fact_types as F
+from soudan_shared.config import ConfigError
+from soudan_shared.config_store import (
+    delete_override,
+    parse_section,
+    parse_section_yaml,
+    save_override,
+    section_yaml,
+    stored_sections,
+)
+from soudan_shared.contracts import new_id
+
+from soudan_console import broadcasts as broadcast_ops
+from soudan_console import staff as accounts
+from soudan_console.domain import CANNED, REPORT_ROLES, ROLES, Canned
+from soudan_console.web import (
+    TOKYO,
+    access,
+    current_staff,
+    get_console,
+    not_found,
+    render,
+    see_other,
+)
+
+routes = web.RouteTableDef()
+
+SECTION_TITLES = {
+    "hours": "相談の期間と受付時間・休みの日",
+    "messages": "自動で送るメッセージ",
+    "keywords": "緊急キーワード",
+    "categories": "相談の分類",
+    "agencies": "緊急時の連絡先",
+    "congestion": "混雑の判定",
+}
+YAML_SECTIONS = ("hours", "categories", "agencies", "congestion")
+MESSAGE_FIELDS = (
+    ("follow.greeting", "友だち追加のあいさつ", ""),
+    ("follow.policy", "運用ポリシー", ""),
+    ("school_type.question", "学校の種類の質問", ""),
+    ("school_type.answered_eligible", "学校の種類を答えてくれた人へ（対象の学校）", ""),
+    ("school_type.answered_not_eligible", "学校の種類を答えてくれた人へ（対象外の学校）", ""),
+    (
+        "auto_reply.out_of_hours",
+        "受付時間外の自動応答",
+        "{next_open} は次に相談できる日時になります。",
+    ),
+    (
+        "auto_reply.out_of_hours_urgent",
+        "受付時間外に緊急キーワードがあったときの自動応答",
+        "{next_open} は使っても使わなくてもかまいません。",
+    ),
+    ("auto_reply.congested", "混雑しているときの自動応答", ""),
+    ("auto_reply.media_refused", "画像やスタンプが届いたときの自動応答", ""),
+    ("inquiry", "使い方の問い合わせ先の案内", ""),
+    (
+        "broadcast.period_notice",
+        "一斉送信：相談期間・時間のお知らせ",
+        "{period} は送るときに入れる期間と時間になります。",
+    ),
+    ("broadcast.open_now", "一斉送信：相談開始のお知らせ", ""),
+)
+REPORT_NAME = re.compile(r"^soudan-report-(\d{4})-(\d{2})\.(xlsx|pdf)$")
+
+
+@routes.get("/admin")
+@access("admin")
+async def admin_home(request: web.Request) -> web.StreamResponse:
+    console = get_console(request)
+    stored = await stored_sections(console.db)
+    return render(request, "admin.html", {"sections": SECTION_TITLES, "stored": stored})
+
+
+# -- staff --------------------------------------------------------------------------------------
+
+
+@routes.get("/admin/staff")
+@access("admin")
+async def staff_list(request: web.Request) -> web.StreamResponse:
+    console = get_console(request)
+    return render(
+        request,
+        "admin_staff.html",
+        {
+            "people": await accounts.all_staff(console),
+            "required": await accounts.totp_required_roles(console),
+            "suggested": _suggest_password(),
+            "min_length": console.settings.console_password_min_length,
+        },
+    )
+
+
+def _suggest_password() -> str:
+    return "-".join(secrets.token_urlsafe(4) for _ in range(4))
+
+
+@routes.post("/admin/staff")
+@access("admin")
+async def staff_create(request: web.Request) -> web.StreamResponse:
+    console = get_console(request)
+    me = current_staff(request)
+    form = await request.post()
+    role = str(form.get("role", ""))
+    if role not in ROLES:
+        role = "counselor"
+    try:
+        await accounts.create_staff(
+            console,
+            email=str(form.get("email", ""))[:200],
+            name=str(form.get("name", ""))[:100],
+            role=role,
+            password=str(form.get("password", ""))[:300],
+            by=me.id,
+        )
+    except accounts.StaffError as exc:
+        return render(
+            request,
+            "admin_staff.html",
+            {
+                "people": await accounts.all_staff(console),
+                "required": await accounts.totp_required_roles(console),
+                "suggested": _suggest_password(),
+                "min_length": console.settings.console_password_min_length,
+                "error": str(exc),
+                "form": {k: str(v) for k, v in form.items() if k != "password"},
+            },
+            status=400,
+        )
+    raise see_other("/admin/staff", msg="staff_created")
+
+
+@routes.post("/admin/staff/{staff_id}/{action}")
+@access("admin")
+async def staff_action(request: web.Request) -> web.StreamResponse:
+    console = get_console(request)
+    me = current_staff(request)
+    target = await accounts.get_staff(console, request.match_info["staff_id"][:64])
+    if target is None:
+        raise not_found(request)
+    form = await request.post()
+    action = request.match_info["action"]
+    try:
+        if action == "role":
+            role = str(form.get("role", ""))
+            if role not in ROLES:
+                raise accounts.StaffError("役割を選んでください。")
+            await accounts.set_role(console, target, role, by=me.id)
+        elif action == "disable":
+            if target.id == me.id:
+                raise accounts.StaffError("自分のアカウントは使えなくできません。")
+            await accounts.set_disabled(console, target, True, by=me.id)
+        elif action == "enable":
+            await accounts.set_disabled(console, target, False, by=me.id)
+        elif action == "unlock":
+            await accounts.unlock(console, target, by=me.id)
+        elif action == "reset-second-factor":
+            await accounts.reset_second_factor(console, target, by=me.id)
+        elif action == "reset-password":
+            await accounts.change_password(
+                console, target, str(form.get("password", ""))[:300], by=me.id, must_change=True
+            )
+            await console.sessions.delete_for_staff(target.id)
+        else:
+            raise not_found(request)
+    except accounts.StaffError as exc:
+        return render(
+            request,
+            "admin_staff.html",
+            {
+                "people": await accounts.all_staff(console),
+                "required": await accounts.totp_required_roles(console),
+                "suggested": _suggest_password(),
+                "min_length": console.settings.console_password_min_length,
+                "error": f"{target.name}: {exc}",
+            },
+            status=400,
+        )
+    raise see_other("/admin/staff", msg="saved")
+
+
+@routes.post("/admin/security")
+@access("admin")
+async def security_settings(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    roles = sorted({str(r) for r in form.getall("totp_role", []) if str(r) in ROLES})
+    await accounts.set_totp_required_roles(
+        get_console(request), roles, by=current_staff(request).id
+    )
+    raise see_other("/admin/staff", msg="saved")
+
+
+# -- the section's settings ---------------------------------------------------------------------
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def diff(before: dict[str, Any], after: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Only what changed, by dotted path: the before and after of a settings fact."""
+    flat_before, flat_after = _flatten(before), _flatten(after)
+    keys = sorted(set(flat_before) | set(flat_after))
+    changed = [k for k in keys if flat_before.get(k) != flat_after.get(k)]
+    return (
+        {k: flat_before.get(k) for k in changed},
+        {k: flat_after.get(k) for k in changed},
+    )
+
+
+async def _section_context(request: web.Request, section: str) -> dict[str, Any]:
+    console = get_console(request)
+    config = await console.config.get()
+    value = getattr(config, section)
+    stored = (await stored_sections(console.db)).get(section)
+    ctx: dict[str, Any] = {
+        "section": section,
+        "title": SECTION_TITLES[section],
+        "stored": stored,
+        "value": value,
+    }
+    if section in YAML_SECTIONS:
+        ctx["text"] = section_yaml(value) if stored else console.config.file_text(section)
+    if section == "messages":
+        data = _flatten(value.model_dump(mode="json"))
+        ctx["fields"] = [
+            (key, label, hint, data.get(key, "")) for key, label, hint in MESSAGE_FIELDS
+        ]
+    if section == "keywords":
+        ctx["official"] = value.official
+        ctx["extra"] = "\n".join(value.extra)
+    return ctx
+
+
+@routes.get("/admin/settings/{section}")
+@access("admin")
+async def section_form(request: web.Request) -> web.StreamResponse:
+    section = request.match_info["section"]
+    if section not in SECTION_TITLES:
+        raise not_found(request)
+    return render(request, "admin_section.html", await _section_context(request, section))
+
+
+@routes.post("/admin/settings/{section}")
+@access("admin")
+async def section_save(request: web.Request) -> web.StreamResponse:
+    console = get_console(request)
+    section = request.match_info["section"]
+    if section not in SECTION_TITLES:
+        raise not_found(request)
+    form = await request.post()
+    current = getattr(await console.config.get(), section)
+    before = current.model_dump(mode="json")
+    try:
+        if section in YAML_SECTIONS:
+            text = str(form.get("text", ""))[:200_000]
+            value = parse_section_yaml(section, text)
+        elif section == "keywords":
+            words = [w.strip() for w in str(form.get("extra", "")).splitlines() if w.strip()]
+            value = parse_section(section, {"extra": words})
+        else:
+            data = dict(before)
+            for key, _, _ in MESSAGE_FIELDS:
+                text = str(form.get(key, "")).replace("\r\n", "\n")
+                node = data
+                *parents, leaf = key.split(".")
+                for part in parents:
+                    node[part] = dict(node[part])
+                    node = node[part]
+                node[leaf] = text
+            value = parse_section(section, data)
+    except ConfigError as exc:
+        ctx = await _section_context(request, section)
+        if section in YAML_SECTIONS:
+            ctx["text"] = str(form.get("text", ""))
+        return render(
+            request,
+            "admin_section.html",
+            {**ctx, "error": f"保存できませんでした。直してください: {exc}"},
+            status=400,
+        )
+    after = value.model_dump(mode="json")
+    changed_before, changed_after = diff(before, after)
+    if changed_after or changed_before:
+        await save_override(console.db, section, value, staff_id=current_staff(request).id)
+        console.config.invalidate()
+        await console.emit(
+            F.SETTINGS_CHANGED,
+            {
+                "what": f"config.{section}",
+                "before": changed_before,
+                "after": changed_after,
+                "staff_id": current_staff(request).id,
+            },
+        )
+    raise see_other(f"/admin/settings/{section}", msg="saved")
+
+
+@routes.post("/admin/settings/{section}/reset")
+@access("admin")
+async def section_reset(request: web.Request) -> web.StreamResponse:
+    console = get_console(request)
+    section = request.match_info["section"]
+    if section not in SECTION_TITLES:
+        raise not_found(request)
+    before = getattr(await console.config.get(), section).model_dump(mode="json")
+    after = getattr(console.config.files, section).model_dump(mode="json")
+    await delete_override(console.db, section)
+    console.config.invalidate()
+    changed_before, changed_after = diff(before, after)
+    if changed_before or changed_after:
+        await console.emit(
+            F.SETTINGS_CHANGED,
+            {
+                "what": f"config.{section}",
+                "before": changed_before,
+                "after": changed_after,
+                "staff_id": current_staff(request).id,
+            },
+        )
+    raise see_other(f"/admin/settings/{section}", msg="reset")
+
+
+# -- canned responses ---------------------------------------------------------------------------
+
+
+@routes.get("/admin/canned")
+@access("admin")
+async def canned_list(request: web.Request) -> web.StreamResponse:
+    docs = await get_console(request).db[CANNED].find({}).sort("order", 1).to_list()
+    return render(request, "admin_canned.html", {"items": [Canned.model_validate(d) for d in docs]})
+
+
+@routes.post("/admin/canned")
+@access("admin")
+async def canned_add(request: web.Request) -> web.StreamResponse:
+    console = get_console(request)
+    form = await request.post()
+    title = str(form.get("title", "")).strip()[:60]
+    text = str(form.get("text", "")).replace("\r\n", "\n").strip()
+    if not title or not text or len(text) > 5000:
+        docs = await console.db[CANNED].find({}).sort("order", 1).to_list()
+        return render(
+            request,
+            "admin_canned.html",
+            {
+                "items": [Canned.model_validate(d) for d in docs],
+                "error": "見出しと本文（5000文字まで）を入れてください。",
+            },
+            status=400,
+        )
+    count = await console.db[CANNED].count_documents({})
+    item = Canned(id=new_id(), title=title, text=text, order=count)
+    await console.db[CANNED].insert_one(item.to_document())
+    await console.emit(
+        F.SETTINGS_CHANGED,
+        {
+            "what": f"canned_responses.{item.id}",
+            "before": None,
+            "after": {"title": title, "text": text},
+            "staff_id": current_staff(request).id,
+        },
+    )
+    raise see_other("/admin/canned", msg="saved")
+
+
+@routes.post("/admin/canned/{canned_id}/delete")
+@access("admin")
+async def canned_delete(request: web.Request) -> web.StreamResponse:
+    console = get_console(request)
+    doc = await console.db[CANNED].find_one({"_id": request.match_info["canned_id"][:64]})
+    if doc is None:
+        raise not_found(request)
+    await console.db[CANNED].delete_one({"_id": doc["_id"]})
+    await console.emit(
+        F.SETTINGS_CHANGED,
+        {
+            "what": f"canned_responses.{doc['_id']}",
+            "before": {"title": doc.get("title"), "text": doc.get("text")},
+            "after": None,
+            "staff_id": current_staff(request).id,
+        },
+    )
+    raise see_other("/admin/canned", msg="saved")
+
+
+# -- broadcasts ---------------------------------------------------------------------------------
+
+
+async def _broadcast_context(request: web.Request, **extra: Any) -> dict[str, Any]:
+    console = get_console(request)
+    template = request.query.get("template", "open_now")
+    audience = request.query.get("audience", "registered")
+    period = request.query.get("period", "")
+    preview = None
+    preview_error = None
+    if template in broadcast_ops.TEMPLATES:
+        try:
+            preview = await broadcast_ops.compose(
+                console, template, period or "（ここに期間と時間）"
+            )
+        except broadcast_ops.BroadcastError as exc:
+            preview_error = str(exc)
+    counts = {a: await broadcast_ops.count_audience(console, a) for a in broadcast_ops.AUDIENCES}
+    return {
+        "templates": broadcast_ops.TEMPLATES,
+        "audiences": broadcast_ops.AUDIENCES,
+        "template": template,
+        "audience": audience,
+        "period": period,
+        "preview": preview,
+        "preview_error": preview_error,
+        "counts": counts,
+        "items": await broadcast_ops.recent(console),
+        "names": await accounts.staff_names(console),
+        **extra,
+    }
+
+
+@routes.get("/admin/broadcasts")
+@access("admin")
+async def broadcast_page(request: web.Request) -> web.StreamResponse:
+    return render(request, "admin_broadcasts.html", await _broadcast_context(request))
+
+
+def _due(form_value: str) -> datetime | None:
+    if not form_value:
+        return None
+    try:
+        return datetime.strptime(form_value[:16], "%Y-%m-%dT%H:%M").replace(tzinfo=TOKYO)
+    except ValueError:
+        raise broadcast_ops.BroadcastError("予約の日時の形が正しくありません。") from None
+
+
+@routes.post("/admin/broadcasts")
+@access("admin")
+async def broadcast_request(request: web.Request) -> web.StreamResponse:
+    console = get_console(request)
+    form = await request.post()
+    try:
+        due = _due(str(form.get("due_at", ""))) if form.get("when") == "later" else None
+        if form.get("when") == "later" and due is None:
+            raise broadcast_ops.BroadcastError("予約する日時を入れてください。")
+        await broadcast_ops.request(
+            console,
+            current_staff(request),
+            template=str(form.get("template", "")),
+            period=str(form.get("period", ""))[:1000],
+            audience=str(form.get("audience", "")),
+            due_at=due,
+        )
+    except broadcast_ops.BroadcastError as exc:
+        return render(
+            request,
+            "admin_broadcasts.html",
+            await _broadcast_context(request, error=str(exc)),
+            status=400,
+        )
+    raise see_other("/admin/broadcasts", msg="broadcast_requested")
+
+
+@routes.post("/admin/broadcasts/{broadcast_id}/cancel")
+@access("admin")
+async def broadcast_cancel(request: web.Request) -> web.StreamResponse:
+    await broadcast_ops.cancel(
+        get_console(request), request.match_info["broadcast_id"][:64], current_staff(request)
+    )
+    raise see_other("/admin/broadcasts", msg="broadcast_cancelled")
+
+
+@routes.get("/admin/broadcasts/fragment")
+@access("admin")
+async def broadcast_fragment(request: web.Request) -> web.StreamResponse:
+    return render(request, "admin_broadcasts_list.html", await _broadcast_context(request))
+
+
+# -- reports (the section) ----------------------------------------------------------------------
+
+
+def report_files(directory: Path) -> list[dict[str, Any]]:
+    if not directory.is_dir():
+        return []
+    out = []
+    for path in directory.iterdir():
+        match = REPORT_NAME.match(path.name)
+        if match and path.is_file():
+            out.append(
+                {
+                    "name": path.name,
+                    "month": f"{match[1]}-{match[2]}",
+                    "label": f"{match[1]}年{int(match[2])}月",
+                    "kind": match[3].upper(),
+                    "size": path.stat().st_size,
+                }
+            )
+    return sorted(out, key=lambda f: (f["month"], f["kind"]), reverse=True)
+
+
+@routes.get("/reports")
+@access(*REPORT_ROLES)
+async def reports(request: web.Request) -> web.StreamResponse:
+    files = report_files(get_console(request).settings.reports_dir)
+    return render(request, "reports.html", {"files": files})
+
+
+@routes.get("/reports/{name}")
+@access(*REPORT_ROLES)
+async def report_download(request: web.Request) -> web.StreamResponse:
+    console = get_console(request)
+    name = request.match_info["name"]
+    match = REPORT_NAME.match(name)
+    path = console.settings.reports_dir / name
+    if match is None or not path.is_file():
+        raise not_found(request)
+    await console.emit(
+        F.REPORT_DOWNLOADED,
+        {"month": f"{match[1]}-{match[2]}", "file": name, "staff_id": current_staff(request).id},
+    )
+    kind = {
+        "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "pdf": "application/pdf",
+    }[match[3]]
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": kind,
+            "Content-Disposition": f'attachment; filename="{name}"',
+        },
+    )

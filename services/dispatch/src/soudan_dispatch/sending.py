@@ -1,0 +1,276 @@
+"""Sending one ``SendText``: reply first, push otherwise, each message at most once.
+
+Reply or push
+    A reply token younger than ``reply_token_max_age`` (50 s; LINE keeps them about a minute) is
+    tried first; replies are free and need no retry key. An older token, none, or LINE's 400 for
+    the token, means a push, with ``X-Line-Retry-Key`` set from the command's id on every try.
+
+Failures
+    429 (not the monthly limit), 5xx, timeouts and refused connections are tried again with
+    exponential backoff and jitter, at most ``send_max_attempts`` times in all. What still fails,
+    and every other refusal, is dead-lettered with its reason (:class:`Permanent`) after the fact
+    ``reply.failed``: the bus would otherwise requeue it until its delivery limit.
+
+At most once, across redeliveries and crashes
+    The collection :data:`SENT` holds one document per command id. Before a reply is tried the
+    document records ``reply_tried_at``; after LINE accepted the message it records the method
+    and LINE's request id (``state: sent``), and a redelivered command that finds it sends
+    nothing (it only publishes ``reply.sent`` again, under the same fact id).
+
+    The window left is between LINE's acceptance and that write (a crash, a lost answer):
+    - a push is safe: the redelivery pushes again with the same retry key and LINE answers 409
+      (it remembers keys for 24 h), which counts as sent;
+    - a reply is not: the token is single-use, so the second reply fails 400 whether or not the
+      first went out. When an earlier try of the same command may have reached LINE (a 5xx or
+      timeout on the reply, or ``reply_tried_at`` from a previous delivery) and the token is still
+      young enough that it cannot have expired, that 400 means our earlier try used it: the
+      message counts as sent by reply and is not pushed again. Only when the token is too old to
+      tell (the process was down past its minute) is the message pushed, and the student may then
+      see it twice: a duplicate is preferred to a lost answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NoReturn
+
+import structlog
+from soudan_shared.bus import Permanent
+from soudan_shared.contracts import SendText, utcnow
+from soudan_shared.fact_types import LINE_API_ERROR, REPLY_FAILED, REPLY_SENT
+from soudan_shared.facts import Facts
+from soudan_shared.store import IndexSpec
+
+from soudan_dispatch.line import LineClient, LineError, LineResult, retry_key
+
+log = structlog.get_logger(__name__)
+
+SENT = "dispatch_sent"
+INDEXES = (IndexSpec(SENT, (("sent_at", 1),), name="sent_at"),)
+
+# A reply token LINE certainly still honours: a 400 for it then means it was used.
+REPLY_TOKEN_SURE_VALID = 55.0
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with full jitter, bounded in attempts."""
+
+    attempts: int = 5
+    first: float = 0.5
+    cap: float = 20.0
+
+    def delay(self, attempt: int, hint: float | None = None) -> float:
+        base: float = min(self.cap, self.first * 2 ** (attempt - 1))
+        jittered = base / 2 + random.uniform(0, base / 2)  # noqa: S311 - jitter, not security
+        return max(jittered, min(hint or 0.0, self.cap))
+
+
+@dataclass
+class Outcome:
+    method: str
+    request_id: str | None
+    attempts: int
+    note: str | None = None
+
+
+async def with_backoff(
+    call: Callable[[], Awaitable[LineResult]],
+    backoff: Backoff,
+    on_error: Callable[[LineError], Awaitable[None]],
+) -> tuple[LineResult, int]:
+    """Call until it succeeds or fails for good; raise the last :class:`LineError` (its
+    ``attempts`` says how many calls were made)."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await call(), attempt
+        except LineError as exc:
+            exc.attempts = attempt
+            await on_error(exc)
+            if not exc.transient or attempt >= backoff.attempts:
+                raise
+            await asyncio.sleep(backoff.delay(attempt, exc.retry_after))
+
+
+class Sender:
+    """The handler of ``SendText`` (one per dispatch process)."""
+
+    def __init__(
+        self,
+        line: LineClient,
+        store_db: Any,
+        facts: Facts,
+        *,
+        backoff: Backoff,
+        reply_token_max_age: float = 50.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.line = line
+        self.sent = store_db[SENT]
+        self.facts = facts
+        self.backoff = backoff
+        self.reply_token_max_age = reply_token_max_age
+        self.clock = clock
+
+    async def handle(self, command: SendText) -> None:
+        record = await self.sent.find_one({"_id": command.id})
+        if record is not None and record.get("state") == "sent":
+            log.info("send_text_already_sent", method=record.get("method"))
+            await self._published_sent(command, record)
+            return
+        started = time.perf_counter()
+        outcome = await self._send(command, record)
+        latency_ms = round((time.perf_counter() - started) * 1000, 1)
+        done = {
+            "state": "sent",
+            "method": outcome.method,
+            "request_id": outcome.request_id,
+            "attempts": outcome.attempts,
+            "latency_ms": latency_ms,
+            "sent_at": self.clock(),
+            "to": command.to,
+            "purpose": command.purpose,
+            "note": outcome.note,
+        }
+        await self.sent.update_one({"_id": command.id}, {"$set": done}, upsert=True)
+        log.info(
+            "send_text_sent",
+            method=outcome.method,
+            attempts=outcome.attempts,
+            latency_ms=latency_ms,
+            purpose=command.purpose,
+            user_id=command.to,
+        )
+        await self._published_sent(command, done)
+
+    async def _published_sent(self, command: SendText, record: dict[str, Any]) -> None:
+        await self.facts.publish(
+            REPLY_SENT,
+            {
+                "purpose": command.purpose,
+                "method": record.get("method"),
+                "user_id": command.to,
+                "case_id": command.case_id,
+                "staff_id": command.staff_id,
+                "latency_ms": record.get("latency_ms"),
+                "request_id": record.get("request_id"),
+                "messages": len(command.texts),
+                "command_id": command.id,
+            },
+            cause=command.id,
+            correlation_id=command.correlation_id,
+        )
+
+    def _token_age(self, command: SendText) -> float | None:
+        if command.reply_token_received_at is None:
+            return None
+        return (self.clock() - command.reply_token_received_at).total_seconds()
+
+    async def _send(self, command: SendText, record: dict[str, Any] | None) -> Outcome:
+        attempts = 0
+        age = self._token_age(command)
+        if command.reply_token and (age is None or age < self.reply_token_max_age):
+            tried_before = record is not None and record.get("reply_tried_at") is not None
+            await self.sent.update_one(
+                {"_id": command.id},
+                {"$set": {"reply_tried_at": self.clock(), "to": command.to}},
+                upsert=True,
+            )
+            outcome, attempts = await self._reply(command, tried_before)
+            if outcome is not None:
+                return outcome
+        return await self._push(command, attempts)
+
+    async def _reply(self, command: SendText, tried_before: bool) -> tuple[Outcome | None, int]:
+        """The reply's outcome, or None (with the attempts spent) when a push must follow."""
+        assert command.reply_token is not None
+        token = command.reply_token
+        maybe_delivered = tried_before
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result = await self.line.reply(token, command.texts, command.quick_reply)
+                return Outcome("reply", result.request_id, attempt), attempt
+            except LineError as exc:
+                await self._api_error(exc, command)
+                if exc.invalid_reply_token:
+                    age = self._token_age(command)
+                    if maybe_delivered and age is not None and age < REPLY_TOKEN_SURE_VALID:
+                        log.info("reply_token_used_by_earlier_try", attempts=attempt)
+                        note = "token used by an earlier try"
+                        return Outcome("reply", None, attempt, note=note), attempt
+                    log.info("reply_token_refused_push_instead", attempts=attempt)
+                    return None, attempt
+                if not exc.transient:
+                    await self._failed(command, exc, attempt)
+                if exc.status == 0 or exc.status >= 500:
+                    maybe_delivered = True
+                age = self._token_age(command)
+                young = age is None or age < self.reply_token_max_age
+                if attempt >= self.backoff.attempts:
+                    await self._failed(command, exc, attempt)
+                if not young:
+                    # The token is past its window: a push carries the message from here.
+                    return None, attempt
+                await asyncio.sleep(self.backoff.delay(attempt, exc.retry_after))
+
+    async def _push(self, command: SendText, attempts_so_far: int) -> Outcome:
+        key = retry_key(command.id)
+
+        async def call() -> LineResult:
+            return await self.line.push(command.to, command.texts, command.quick_reply, key=key)
+
+        async def on_error(exc: LineError) -> None:
+            if exc.status != 409:
+                await self._api_error(exc, command)
+
+        try:
+            result, pushes = await with_backoff(call, self.backoff, on_error)
+        except LineError as exc:
+            attempts = attempts_so_far + exc.attempts
+            if exc.status == 409:
+                # LINE accepted this retry key before: an earlier try of ours went out.
+                return Outcome("push", exc.accepted_request_id, attempts, note="already accepted")
+            await self._failed(command, exc, attempts)
+        return Outcome("push", result.request_id, attempts_so_far + pushes)
+
+    async def _api_error(self, exc: LineError, command: SendText) -> None:
+        log.warning(
+            "line_api_error",
+            endpoint=exc.endpoint,
+            status=exc.status,
+            line_message=exc.message[:200],
+            request_id=exc.request_id,
+        )
+        await self.facts.publish(
+            LINE_API_ERROR,
+            {"endpoint": exc.endpoint, "status": exc.status, "request_id": exc.request_id},
+            correlation_id=command.correlation_id,
+        )
+
+    async def _failed(self, command: SendText, exc: LineError, attempts: int) -> NoReturn:
+        reason = str(exc)
+        await self.facts.publish(
+            REPLY_FAILED,
+            {
+                "purpose": command.purpose,
+                "user_id": command.to,
+                "case_id": command.case_id,
+                "reason": reason,
+                "status": exc.status,
+                "attempts": attempts,
+                "command_id": command.id,
+            },
+            cause=command.id,
+            correlation_id=command.correlation_id,
+        )
+        log.warning("send_text_failed", status=exc.status, attempts=attempts, user_id=command.to)
+        raise Permanent(f"LINE refused the message after {attempts} attempt(s): {reason}")

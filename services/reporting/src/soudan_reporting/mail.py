@@ -1,0 +1,103 @@
+"""E-mailing the report files to the section over SMTP (aiosmtplib), retried on failure.
+
+STARTTLS (``SMTP_STARTTLS``), authentication (``SMTP_USERNAME``/``SMTP_PASSWORD``) and a private
+CA (``SMTP_CA_FILE``) are settings. Every failure is retried after a doubling pause
+(``REPORT_EMAIL_ATTEMPTS``, ``REPORT_EMAIL_BACKOFF_SECONDS``); the caller records the outcome as
+a fact. Nothing here logs the password or the mail's content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+
+import aiosmtplib
+import structlog
+
+from soudan_reporting.month import Month
+from soudan_reporting.settings import ReportingSettings
+
+log = structlog.get_logger(__name__)
+
+XLSX_TYPE = ("application", "vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+PDF_TYPE = ("application", "pdf")
+
+
+@dataclass(frozen=True)
+class MailResult:
+    sent: bool
+    attempts: int
+    reason: str = ""
+
+
+def report_message(
+    month: Month, files: tuple[Path, ...], settings: ReportingSettings, *, summary: str = ""
+) -> EmailMessage:
+    message = EmailMessage()
+    message["Subject"] = f"SNSを活用した相談業務 実績報告書（{month.label}）"
+    message["From"] = settings.smtp_from
+    message["To"] = ", ".join(settings.recipients)
+    message["Date"] = formatdate(localtime=False)
+    domain = settings.smtp_from.rpartition("@")[2] or "soudan.invalid"
+    message["Message-ID"] = make_msgid(domain=domain)
+    body = [
+        "生徒指導・学校安全課 御中",
+        "",
+        f"SNSを活用した相談業務の実績報告書（{month.label}分）をお送りします。",
+        "",
+        "添付ファイル:",
+        *(f"・{path.name}" for path in files),
+    ]
+    if summary:
+        body += ["", summary]
+    body += ["", "このメールは相談システム（Soudan）から自動で送っています。"]
+    message.set_content("\n".join(body) + "\n")
+    for path in files:
+        maintype, subtype = XLSX_TYPE if path.suffix == ".xlsx" else PDF_TYPE
+        message.add_attachment(
+            path.read_bytes(), maintype=maintype, subtype=subtype, filename=path.name
+        )
+    return message
+
+
+async def send_with_retry(
+    message: EmailMessage,
+    settings: ReportingSettings,
+    *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> MailResult:
+    attempts = settings.report_email_attempts
+    pause = settings.report_email_backoff_seconds
+    reason = ""
+    for attempt in range(1, attempts + 1):
+        try:
+            await aiosmtplib.send(
+                message,
+                hostname=settings.smtp_host,
+                port=settings.smtp_port,
+                username=settings.smtp_username or None,
+                password=settings.smtp_password.get_secret_value() or None,
+                start_tls=settings.smtp_starttls,
+                cert_bundle=str(settings.smtp_ca_file) if settings.smtp_ca_file else None,
+                timeout=settings.smtp_timeout_seconds,
+            )
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"[:300]
+            log.warning(
+                "report_email_attempt_failed",
+                attempt=attempt,
+                attempts=attempts,
+                host=settings.smtp_host,
+                reason=reason,
+            )
+            if attempt < attempts:
+                await sleep(pause)
+                pause *= 2
+            continue
+        log.info("report_emailed", recipients=len(settings.recipients), attempt=attempt)
+        return MailResult(True, attempt)
+    return MailResult(False, attempts, reason)

@@ -1,0 +1,283 @@
+"""The report files: every figure of the report in the workbook and in the PDF, in Japanese."""
+
+from __future__ import annotations
+
+import re
+import uuid
+import zipfile
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import openpyxl
+import pypdf
+import pytest
+from soudan_reporting.build import BuiltReport, build_month, report_paths
+from soudan_reporting.factgen import MonthGenerator, Plan, reference_figures, store_facts
+from soudan_reporting.month import Month
+from soudan_reporting.pdf import FontMissing
+from soudan_reporting.recorder import EVENTS
+from soudan_reporting.report import Percent, Report, Table, as_text
+from soudan_reporting.settings import ReportingSettings
+from soudan_shared.store import Store, open_store
+
+pytestmark = pytest.mark.integration
+OCTOBER = Month(2026, 10)
+SHEETS = [
+    "概要",
+    "登録状況",
+    "相談件数",
+    "緊急性の高い相談",
+    "自動応答・一斉送信",
+    "情報セキュリティ",
+    "システム稼働",
+]
+
+
+@dataclass
+class Built:
+    built: BuiltReport
+    plan: Plan
+    store: Store
+
+
+@pytest.fixture(scope="module")
+async def october(
+    mongodb_url: str, config_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Built]:
+    """A generated October, built once for the tests of this module."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    store = await open_store(mongodb_url, database=name)
+    generator = MonthGenerator(OCTOBER, cases=120, seed=11, webhook_every_minutes=120)
+    facts = list(generator.facts())
+    await store_facts(store.db[EVENTS], facts)
+    settings = ReportingSettings(
+        rabbitmq_url="amqp://unused/",
+        log_hash_key="k",
+        mongodb_url="memory://",
+        soudan_config_dir=config_dir,
+        reports_dir=tmp_path_factory.mktemp("reports"),
+    )
+    built = await build_month(store.db, OCTOBER, settings)
+    assert built.figures == reference_figures(facts, OCTOBER)
+    yield Built(built, generator.plan, store)
+    await store.client.drop_database(name)
+    await store.close()
+
+
+# -- reading the files back -------------------------------------------------------------------
+
+
+def _sheet_rows(path: Path, sheet: str) -> list[tuple[Any, ...]]:
+    workbook = openpyxl.load_workbook(path)
+    return [tuple(row) for row in workbook[sheet].iter_rows(values_only=True)]
+
+
+def _expected_cell(value: Any) -> Any:
+    return "—" if value is None else value
+
+
+def _assert_table_in_sheet(rows: list[tuple[Any, ...]], table: Table, start: int) -> int:
+    """``table`` appears in ``rows`` at or after ``start``: title, header, every cell. Returns
+    the row after it."""
+    titles = [i for i in range(start, len(rows)) if rows[i] and rows[i][0] == table.title]
+    assert titles, f"table {table.title!r} not found in the sheet"
+    i = titles[0]
+    width = len(table.columns)
+    assert rows[i + 1][:width] == table.columns
+    for offset, expected in enumerate(table.rows):
+        actual = rows[i + 2 + offset][:width]
+        for value, want in zip(actual, expected, strict=True):
+            if isinstance(want, float):
+                assert value == pytest.approx(want), (table.title, expected)
+            else:
+                assert value == _expected_cell(want), (table.title, expected)
+    return i + 2 + len(table.rows)
+
+
+def _pdf_text(path: Path) -> str:
+    reader = pypdf.PdfReader(path)
+    return "".join(page.extract_text() for page in reader.pages)
+
+
+def _squeeze(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+def _assert_report_in_pdf_text(text: str, report: Report) -> None:
+    """Every section, table title, header and cell, in the order of the report."""
+    flat = _squeeze(text)
+    position = 0
+
+    def expect(piece: str, where: str) -> None:
+        nonlocal position
+        found = flat.find(_squeeze(piece), position)
+        assert found >= 0, f"{piece!r} ({where}) not found in the PDF after position {position}"
+        position = found + len(_squeeze(piece))
+
+    expect(report.title, "title")
+    for section in report.sections:
+        expect(section.title, "section")
+        for table in section.tables:
+            expect(table.title, "table title")
+            for column in table.columns:
+                expect(column, table.title)
+            for row in table.rows:
+                for cell in row:
+                    expect(as_text(cell), table.title)
+
+
+# -- the tests --------------------------------------------------------------------------------
+
+
+async def test_the_files_are_named_by_month_in_the_reports_directory(october: Built) -> None:
+    built = october.built
+    assert (built.xlsx.name, built.pdf.name) == (
+        "soudan-report-2026-10.xlsx",
+        "soudan-report-2026-10.pdf",
+    )
+    assert report_paths(built.xlsx.parent, OCTOBER) == built.files
+    assert not [p for p in built.xlsx.parent.iterdir() if p.name.startswith(".")]
+
+
+async def test_every_figure_of_the_report_is_in_the_workbook(october: Built) -> None:
+    report = october.built.report
+    workbook = openpyxl.load_workbook(october.built.xlsx)
+    assert workbook.sheetnames == SHEETS
+    for section in report.sections:
+        rows = [tuple(r) for r in workbook[section.sheet].iter_rows(values_only=True)]
+        assert rows[0][0] == "SNSを活用した相談業務 実績報告書（2026年10月）"
+        position = 0
+        for table in section.tables:
+            position = _assert_table_in_sheet(rows, table, position)
+
+
+async def test_the_workbook_keeps_numbers_as_numbers_and_charts_as_excel_charts(
+    october: Built,
+) -> None:
+    report = october.built.report
+    workbook = openpyxl.load_workbook(october.built.xlsx)
+    for section in report.sections:
+        charts = sum(1 for t in section.tables if t.chart is not None and t.rows)
+        assert len(workbook[section.sheet]._charts) == charts, section.sheet
+    assert sum(len(ws._charts) for ws in workbook) >= 10
+    with zipfile.ZipFile(october.built.xlsx) as archive:
+        chart_parts = [n for n in archive.namelist() if n.startswith("xl/charts/chart")]
+    assert len(chart_parts) == sum(len(ws._charts) for ws in workbook)
+
+    rows = _sheet_rows(october.built.xlsx, "相談件数")
+    counts = {r[0]: r[1] for r in rows if r and r[0] and r[1] is not None}
+    assert counts["相談件数（始まった相談）"] == october.plan.cases_in_month
+    rate = counts["応答率（受付時間内）"]
+    figures = october.built.figures
+    assert rate == pytest.approx(figures.answered_in_hours / figures.cases_in_hours)
+    cell = next(
+        c for c in openpyxl.load_workbook(october.built.xlsx)["相談件数"]["B"] if c.value == rate
+    )
+    assert cell.number_format == "0.0%"
+
+
+async def test_every_figure_of_the_report_is_in_the_pdf_text_in_order(october: Built) -> None:
+    text = _pdf_text(october.built.pdf)
+    _assert_report_in_pdf_text(text, october.built.report)
+    for label in ("登録状況", "相談件数", "応答率", "緊急性の高い相談", "情報セキュリティ"):
+        assert label in text
+    assert f"相談件数（始まった相談）{october.plan.cases_in_month}" in _squeeze(text)
+
+
+async def test_the_pdf_is_a4_with_its_japanese_font_embedded(october: Built) -> None:
+    reader = pypdf.PdfReader(october.built.pdf)
+    assert len(reader.pages) > 5
+    fonts: dict[str, Any] = {}
+    for page in reader.pages:
+        box = page.mediabox
+        assert (round(float(box.width)), round(float(box.height))) == (595, 842)
+        resources: Any = page["/Resources"]
+        for reference in resources["/Font"].values():
+            font = reference.get_object()
+            fonts[font["/BaseFont"]] = font
+    assert fonts
+    for name, font in fonts.items():
+        descriptor = font["/FontDescriptor"].get_object()
+        assert "/FontFile2" in descriptor, f"{name} is not embedded"
+        assert "IPAexGothic" in name
+    assert reader.metadata is not None
+    assert reader.metadata.title == "SNSを活用した相談業務 実績報告書（2026年10月）"
+
+
+async def test_the_checklist_of_rule_7_shows_a_status_and_evidence_for_each_line(
+    october: Built,
+) -> None:
+    rows = _sheet_rows(october.built.xlsx, "情報セキュリティ")
+    columns = ("番号", "根拠", "確認すること", "状況", "確認の根拠となる記録")
+    header = next(i for i, row in enumerate(rows) if row[:5] == columns)
+    lines = []
+    for row in rows[header + 1 :]:
+        if not isinstance(row[0], int):
+            break
+        lines.append(row)
+    assert len(lines) == len(october.built.report.checklist) == 8
+    assert {line[3] for line in lines} <= {"適合", "要確認"}
+    assert all(line[4] for line in lines)
+    by_requirement = {line[2]: line for line in lines}
+    passwords = by_requirement["職員のパスワードを定期的に（90日以内に）変えている"]
+    assert passwords[3] == "要確認"
+    assert "相談 太郎（s03）: 120日" in passwords[4]
+    assert "相談 三郎（s05）: 95日" in passwords[4]
+    second_factor = by_requirement["ログインに二要素認証を使っている"]
+    assert second_factor[3] == "要確認"
+    assert "s07" in second_factor[4]  # named by id: created without a display name
+    token = by_requirement["LINEのチャネルアクセストークンを定期的に（90日以内に）更新している"]
+    assert token[3] == "適合"
+    assert "40日" in token[4]
+
+
+async def test_an_empty_month_gives_valid_files_of_zeros(
+    store: Store, make_settings: Callable[..., ReportingSettings]
+) -> None:
+    built = await build_month(store.db, Month(2026, 2), make_settings())
+
+    rows = _sheet_rows(built.xlsx, "概要")
+    figures = {r[0]: r[1] for r in rows if r and r[0] and len(r) > 1 and r[1] is not None}
+    assert figures["相談件数"] == 0
+    assert figures["月末の登録者数"] == 0
+    assert figures["応答率（受付時間内）"] == "—"
+    days = [r for r in _sheet_rows(built.xlsx, "相談件数") if r[0] and str(r[0]).startswith("2/")]
+    assert len(days) == 28
+    assert all(r[1] == 0 for r in days)
+    text = _pdf_text(built.pdf)
+    _assert_report_in_pdf_text(text, built.report)
+    assert "静的トークン（発行日不明）" in text
+
+
+async def test_a_missing_font_stops_the_build_with_a_line_that_says_what_to_install(
+    store: Store, make_settings: Callable[..., ReportingSettings], tmp_path: Path
+) -> None:
+    settings = make_settings(report_font_path=tmp_path / "nope.ttf")
+    with pytest.raises(FontMissing, match="fonts-ipaexfont"):
+        await build_month(store.db, OCTOBER, settings)
+    assert not list(settings.reports_dir.glob("*")) if settings.reports_dir.exists() else True
+
+
+async def test_building_a_month_twice_gives_the_same_figures_in_the_same_files(
+    october: Built, make_settings: Callable[..., ReportingSettings]
+) -> None:
+    again = await build_month(october.store.db, OCTOBER, make_settings())
+    assert again.figures == october.built.figures
+    assert again.report.sections == october.built.report.sections
+    for sheet in SHEETS:
+        first = _sheet_rows(october.built.xlsx, sheet)[3:]  # below the build time
+        second = _sheet_rows(again.xlsx, sheet)[3:]
+        assert first == second, sheet
+    assert (
+        _squeeze(_pdf_text(again.pdf)).split("概要", 1)[1]
+        == _squeeze(_pdf_text(october.built.pdf)).split("概要", 1)[1]
+    )
+
+
+def test_percent_cells_read_as_percentages() -> None:
+    assert as_text(Percent(0.8734)) == "87.3%"
+    assert as_text(1234) == "1,234"
+    assert as_text(12.25) == "12.2"
+    assert as_text(None) == "—"
