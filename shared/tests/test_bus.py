@@ -254,3 +254,38 @@ async def test_a_live_subscription_sees_matching_messages_while_it_runs(
     await wait_until(lambda: len(recorded) == 3, message="durable consumer saw all three")
     await wait_until(lambda: len(seen) == 2, message="live view saw the case facts")
     assert seen == ["case.opened", "case.flagged_urgent"]
+
+
+async def test_a_handler_can_publish_while_the_consumer_works_through_a_start_up_backlog(
+    make_bus: Callable[..., Bus],
+) -> None:
+    """Messages already waiting when a service starts are delivered at once; handlers that
+    publish (a fact, a command) must not find the bus "not connected" at that moment."""
+    producer = make_bus("producer")
+    producer.start()
+    await producer.wait_started(10)
+    for n in range(20):
+        await producer.publish(_fact(n))
+    forwarded: list[int] = []
+    worker = make_bus("worker")
+
+    async def forward(fact: Fact) -> None:
+        if fact.type == "test.happened":
+            await worker.publish(Fact(type="test.forwarded", service="worker", data=fact.data))
+        elif fact.type == "test.forwarded":
+            forwarded.append(fact.data["n"])
+
+    async def idle(event: LineEventReceived) -> None:
+        return None
+
+    worker.consume(FACTS_QUEUE, Fact, forward, retry=RetryPolicy(attempts=1))
+    # More consumers start after the first one, as in triage: deliveries to the first arrive
+    # while the others are still being set up.
+    for shard in range(worker.topology.line_event_shards):
+        worker.consume(line_event_queue(shard), LineEventReceived, idle)
+    worker.start()
+    await wait_until(lambda: len(forwarded) == 20, message="every backlog message forwarded")
+    assert sorted(forwarded) == list(range(20))
+    queue = worker.topology.queue(FACTS_QUEUE)
+    assert worker.metrics.consumed.labels(queue, "requeued")._value.get() == 0
+    assert worker.metrics.publish_failures.labels("not_connected")._value.get() == 0

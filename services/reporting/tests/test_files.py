@@ -49,7 +49,7 @@ async def october(
     """A generated October, built once for the tests of this module."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     store = await open_store(mongodb_url, database=name)
-    generator = MonthGenerator(OCTOBER, cases=120, seed=11, webhook_every_minutes=120)
+    generator = MonthGenerator(OCTOBER, cases=80, seed=11, webhook_every_minutes=240)
     facts = list(generator.facts())
     await store_facts(store.db[EVENTS], facts)
     settings = ReportingSettings(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from soudan_shared import fact_types as F
-from soudan_shared.contracts import stable_id
+from soudan_shared.config import load_config
+from soudan_shared.config_store import save_override
+from soudan_shared.contracts import Fact, stable_id
 from soudan_shared.records import (
     CASES,
     MESSAGES,
@@ -18,8 +21,7 @@ from soudan_shared.records import (
     incoming_message_id,
 )
 from soudan_shared.testing.waiting import wait_until
-
-from .conftest import IN_HOURS, NIGHT, Downstream, Line, StartTriage
+from soudan_triage.testing import IN_HOURS, NIGHT, Downstream, Line, StartTriage
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -478,3 +480,50 @@ async def test_facts_of_an_event_carry_its_time(
 
     await wait_until(lambda: downstream.user_facts(F.MESSAGE_RECEIVED, user))
     assert downstream.user_facts(F.MESSAGE_RECEIVED, user)[0].at == at
+
+
+async def test_an_event_that_cannot_be_decided_is_dead_lettered_and_the_rest_flow(
+    start_triage: StartTriage, line: Line, downstream: Downstream
+) -> None:
+    running = await start_triage()
+    user = line.user()
+    broken = line.text(user, "こんばんは", IN_HOURS)
+    broken = broken.model_copy(update={"timestamp_ms": 10**20})  # no such time
+    after = line.text(user, "きこえる？", IN_HOURS + timedelta(minutes=1))
+    await running.publisher.publish(broken)
+    await running.send(after)
+
+    await wait_until(lambda: downstream.facts_of(F.BUS_DEAD_LETTERED))
+    (dead,) = downstream.facts_of(F.BUS_DEAD_LETTERED)
+    assert "cannot decide message event" in dead.data["reason"]
+    (case,) = await _cases(running, user)
+    assert case.last_message_at == IN_HOURS + timedelta(minutes=1)
+
+
+async def test_a_console_edit_applies_as_soon_as_settings_changed_goes_by(
+    start_triage: StartTriage, line: Line, downstream: Downstream
+) -> None:
+    running = await start_triage()
+    user = line.user()
+    await running.send(line.postback(user, "menu=policy", IN_HOURS))
+    await _wait_commands(downstream, user, 1)
+    messages = load_config(Path(os.environ["SOUDAN_CONFIG_DIR"])).messages
+    edited = messages.model_copy(
+        update={"follow": messages.follow.model_copy(update={"policy": "新しい運用ポリシー"})}
+    )
+    await save_override(running.store.db, "messages", edited, staff_id="admin")
+    await running.publisher.publish(
+        Fact(type=F.SETTINGS_CHANGED, service="console", data={"what": "messages"})
+    )
+
+    async def answered_with_the_new_policy() -> bool:
+        event = line.postback(user, "menu=policy", IN_HOURS)
+        await running.send(event)
+        command_id = stable_id(event.webhook_event_id, "policy")
+        (reply,) = await wait_until(
+            lambda: [c for c in downstream.commands_to(user) if c.id == command_id]
+        )
+        return reply.texts == ["新しい運用ポリシー"]
+
+    # well within the 10 s the configuration is otherwise cached
+    await wait_until(answered_with_the_new_policy, timeout=5, interval=0.2)

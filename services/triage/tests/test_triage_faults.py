@@ -24,8 +24,7 @@ from soudan_triage.plan import Plan
 from soudan_triage.service import Triage
 from soudan_triage.store import EVENTS, TriageStore
 from soudan_triage.store import INDEXES as TRIAGE_INDEXES
-
-from .conftest import IN_HOURS, NIGHT, Downstream, Line, StartTriage
+from soudan_triage.testing import IN_HOURS, NIGHT, Downstream, Line, StartTriage
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.timeout(90)]
 

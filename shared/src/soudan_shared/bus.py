@@ -201,10 +201,14 @@ class Bus:
 
     @property
     def is_ready(self) -> bool:
-        """Connected right now (a robust connection may be between reconnects)."""
+        """Connected right now (a robust connection may be between reconnects).
+
+        True as soon as the topology is declared, before the consumers start, so a handler
+        working through a start-up backlog can already publish.
+        """
         connection = self._connection
         return (
-            self.started.is_set()
+            self._exchange is not None
             and connection is not None
             and not connection.is_closed
             and connection.connected.is_set()

@@ -521,12 +521,15 @@ class MenuReplies(_Model):
     """Answers to the rich menu's entries (第8-1, 第8-3).
 
     ``hours`` is a template that may use ``{hours}`` (the periods, weekly hours and closed days,
-    written by the sender from ``hours.yaml``) and ``{status}`` (one sentence: open now, or the
-    next opening). The policy entry answers with ``follow.policy`` and the inquiry entry with
-    ``inquiry``.
+    written by the sender from ``hours.yaml``) and ``{status}``: ``open_now`` while new
+    consultations are taken, else ``next_open`` (a template with ``{next_open}``), else
+    ``auto_reply.no_next_open``. The policy entry answers with ``follow.policy`` and the inquiry
+    entry with ``inquiry``.
     """
 
     hours: HoursReplyTemplate = "【相談できる日と時間】\n{hours}\n\n{status}"
+    open_now: Text = "いま、相談を受け付けています。"
+    next_open: OutOfHoursTemplate = "次に相談できるのは {next_open} からです。"
 
 
 class MessagesConfig(_Model):

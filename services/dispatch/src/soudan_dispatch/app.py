@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
 from soudan_shared.bus import Bus
-from soudan_shared.config import SoudanConfig, load_config
+from soudan_shared.config import SoudanConfig
+from soudan_shared.config_store import ConfigSource
 from soudan_shared.contracts import SendText, StartBroadcast
 from soudan_shared.http import add_readiness_check, create_base_app
 from soudan_shared.records import INDEXES as RECORD_INDEXES
@@ -53,7 +54,6 @@ def token_source(settings: DispatchSettings) -> TokenSource:
 def create_app(
     settings: DispatchSettings, *, config: SoudanConfig | None = None
 ) -> web.Application:
-    config = config or load_config(settings.soudan_config_dir)
     app = create_base_app(SERVICE)
     use_store(
         app,
@@ -104,10 +104,19 @@ def create_app(
 
     use_bus(app, settings, SERVICE, consumers=consumers)
 
-    async def get_config() -> SoudanConfig:
-        return config
-
     async def schedule_ctx(app: web.Application) -> AsyncIterator[None]:
+        # The configuration in force: the YAML files overridden by the console's edits, re-read
+        # within seconds (a fixed one in tests).
+        get_config: Callable[[], Awaitable[SoudanConfig]]
+        if config is not None:
+            fixed = config
+
+            async def get_fixed() -> SoudanConfig:
+                return fixed
+
+            get_config = get_fixed
+        else:
+            get_config = ConfigSource(settings.soudan_config_dir, app[STORE].db).get
         scheduler = Scheduler(
             app[BUS], app[STORE].db, get_config, interval=settings.broadcast_schedule_interval
         )

@@ -2,8 +2,9 @@
 
 Three aggregations, each one pass over the facts it needs:
 
-- **month**: the facts filed under the month (``jst.month``, stored by the recorder), through one
-  ``$facet`` of counts and groupings.
+- **month**: the facts filed under the month (``jst.month``, stored by the recorder), grouped
+  once by type and the few fields each type is counted by (:data:`_DIMENSIONS`); every table is
+  then a small regrouping of those rows, side by side in one ``$facet``.
 - **cases**: durations need facts of one case together (opened, first counselor reply, first
   claim, close, urgent flag), and a case opened late on the last day may be answered in the next
   month; so the follow-up facts of the month and the :data:`FOLLOW_UP_DAYS` after it are grouped

@@ -14,7 +14,7 @@ from xml.sax.saxutils import escape
 
 from reportlab.graphics.charts.barcharts import HorizontalBarChart, VerticalBarChart
 from reportlab.graphics.charts.piecharts import Pie
-from reportlab.graphics.shapes import Drawing, String
+from reportlab.graphics.shapes import Drawing, Rect, String
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_RIGHT
 from reportlab.lib.pagesizes import A4
@@ -263,7 +263,5 @@ def _pie(title: str, names: list[str], values: list[float]) -> Drawing:
     return drawing
 
 
-def _swatch(x: float, y: float, color: Any) -> Any:
-    from reportlab.graphics.shapes import Rect
-
+def _swatch(x: float, y: float, color: Any) -> Rect:
     return Rect(x, y - 1, 9, 9, fillColor=color, strokeColor=None)

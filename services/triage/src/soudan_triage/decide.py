@@ -75,7 +75,10 @@ def menu_postback(topic: str) -> str:
 
 
 def event_time(event: LineEventReceived) -> datetime:
-    return datetime.fromtimestamp(event.timestamp_ms / 1000, UTC)
+    try:
+        return datetime.fromtimestamp(event.timestamp_ms / 1000, UTC)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise ValueError(f"timestamp {event.timestamp_ms} is not a time") from exc
 
 
 @dataclass(frozen=True)
@@ -463,12 +466,13 @@ class Decider:
         return plan
 
     def _status_sentence(self, c: _Ctx) -> str:
+        messages = c.config.messages
         status = c.hours.status(c.at)
         if status.accepting:
-            return "いま、相談を受け付けています。"
+            return messages.menu.open_now
         if status.next_open is None:
-            return c.config.messages.auto_reply.no_next_open + "。"
-        return f"次に相談できるのは {format_moment(status.next_open)} からです。"
+            return messages.auto_reply.no_next_open
+        return messages.menu.next_open.format(next_open=format_moment(status.next_open))
 
     # -- building blocks -------------------------------------------------------------------
 

@@ -14,12 +14,14 @@ dropped and the event decided again (its message then opens a new case).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from datetime import datetime
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from soudan_shared.bus import Permanent
 from soudan_shared.config import HoursConfig, KeywordsConfig
 from soudan_shared.config_store import ConfigSource
 from soudan_shared.contracts import LineEventReceived, utcnow
@@ -109,10 +111,8 @@ class Triage:
                 return
         else:
             await self.store.apply(plan, guard_case=False)
-        for command in plan.commands:
-            await self.publisher.publish(command)
-        for fact in plan.facts:
-            await self.publisher.publish(fact)
+        # Independent and idempotent (fixed ids): wait for all the broker's confirms at once.
+        await asyncio.gather(*(self.publisher.publish(m) for m in (*plan.commands, *plan.facts)))
         await self.store.mark_done(event_id)
         self.metrics.events.labels(event.event_type, plan.outcome.split(":")[0]).inc()
         self.metrics.seconds.observe(time.perf_counter() - started)
@@ -127,13 +127,18 @@ class Triage:
     async def _plan(self, event: LineEventReceived) -> tuple[Plan | None, bool]:
         """Decide and store the plan; (None, False) if another delivery stored one first."""
         config = await self.config.get()
-        plan = await self.decider.decide(
-            event,
-            config=config,
-            hours=self.hours(config.hours),
-            detector=self.detector(config.keywords),
-            now=self.clock(),
-        )
+        try:
+            plan = await self.decider.decide(
+                event,
+                config=config,
+                hours=self.hours(config.hours),
+                detector=self.detector(config.keywords),
+                now=self.clock(),
+            )
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:
+            # The event itself is malformed (an impossible time, a field of the wrong type):
+            # trying again cannot help; dead-letter it with the reason.
+            raise Permanent(f"cannot decide {event.event_type} event: {exc!r}"[:300]) from exc
         if await self.store.save_plan(event.webhook_event_id, event.event_type, plan):
             return plan, True
         record = await self.store.processed(event.webhook_event_id)
