@@ -305,7 +305,7 @@ async def test_metrics_count_requests_by_status_and_latency(
     assert 'soudan_http_requests_total{route="/webhook",status="401"} 1.0' in metrics
     assert 'soudan_http_request_seconds_count{route="/webhook"} 2.0' in metrics
     assert "soudan_ingress_events_accepted_total 1.0" in metrics
-    assert "soudan_bus_publish_failures_total" in metrics
+    assert "# TYPE soudan_bus_publish_failures_total counter" in metrics  # exposed
 
 
 async def test_the_minutes_requests_are_summarised_in_a_fact_at_shutdown(
