@@ -1,17 +1,14 @@
-"""Outgoing e-mail (aiosmtplib): the emergency notice to the configured recipients."""
+"""Outgoing e-mail: the emergency notice to the configured recipients (``soudan_shared.mail``)."""
 
 from __future__ import annotations
 
-import asyncio
 from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
 from typing import Protocol
 
-import aiosmtplib
-import structlog
+from soudan_shared.mail import send_mail
 
 from soudan_console.settings import ConsoleSettings
-
-log = structlog.get_logger(__name__)
 
 
 class Mailer(Protocol):
@@ -22,7 +19,11 @@ class Mailer(Protocol):
 
 
 class SmtpMailer:
-    """Sends through ``SMTP_HOST``; STARTTLS when ``SMTP_STARTTLS`` is true."""
+    """Sends through ``SMTP_HOST``; STARTTLS when ``SMTP_STARTTLS`` is true.
+
+    An emergency notice is urgent: a few quick tries, then :class:`MailFailed` so the console
+    records the failure (the live alert to supervisors has gone out regardless).
+    """
 
     def __init__(self, settings: ConsoleSettings, *, attempts: int = 3, delay: float = 2.0):
         self._settings = settings
@@ -31,7 +32,7 @@ class SmtpMailer:
 
     @property
     def configured(self) -> bool:
-        return bool(self._settings.smtp_host)
+        return self._settings.smtp_configured
 
     async def send(self, recipients: list[str], subject: str, body: str) -> None:
         s = self._settings
@@ -39,26 +40,14 @@ class SmtpMailer:
         message["From"] = s.smtp_from
         message["To"] = ", ".join(recipients)
         message["Subject"] = subject
+        message["Date"] = formatdate(localtime=False)
+        message["Message-ID"] = make_msgid(domain=s.smtp_from.rpartition("@")[2] or None)
         message.set_content(body)
-        last: Exception | None = None
-        for attempt in range(1, self._attempts + 1):
-            try:
-                await aiosmtplib.send(
-                    message,
-                    hostname=s.smtp_host,
-                    port=s.smtp_port,
-                    username=s.smtp_username or None,
-                    password=s.smtp_password.get_secret_value() if s.smtp_password else None,
-                    start_tls=s.smtp_starttls,
-                    timeout=15,
-                )
-                return
-            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                last = exc
-                log.warning("smtp_send_failed", attempt=attempt, error=type(exc).__name__)
-                if attempt < self._attempts:
-                    await asyncio.sleep(self._delay * attempt)
-        raise MailFailed(f"{type(last).__name__}: {last}"[:300], self._attempts)
+        result = await send_mail(
+            message, s, attempts=self._attempts, first_pause=self._delay, purpose="emergency"
+        )
+        if not result.sent:
+            raise MailFailed(result.reason, result.attempts)
 
 
 class MailFailed(Exception):

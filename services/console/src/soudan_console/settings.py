@@ -3,10 +3,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field, SecretStr
+from soudan_shared.mail import SmtpSettings
 from soudan_shared.settings import BaseServiceSettings, MongoSettings
 
 
-class ConsoleSettings(BaseServiceSettings, MongoSettings):
+class ConsoleSettings(BaseServiceSettings, MongoSettings, SmtpSettings):
     console_port: int = 8081
 
     console_admin_email: str | None = Field(
@@ -35,12 +36,6 @@ class ConsoleSettings(BaseServiceSettings, MongoSettings):
         default=5, ge=1, description="Alert supervisors when an urgent case waits this long."
     )
 
-    smtp_host: str | None = None
-    smtp_port: int = 587
-    smtp_username: str | None = None
-    smtp_password: SecretStr | None = None
-    smtp_starttls: bool = True
-    smtp_from: str = "soudan@localhost"
     emergency_recipients: str = Field(
         default="", description="Comma-separated addresses e-mailed when an emergency is raised."
     )

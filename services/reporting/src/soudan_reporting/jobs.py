@@ -26,10 +26,11 @@ from typing import Any
 import structlog
 from soudan_shared import fact_types as ft
 from soudan_shared.contracts import Fact, utcnow
+from soudan_shared.mail import MailResult
 from soudan_shared.records import acquire_lease, release_lease
 
 from soudan_reporting.build import BuiltReport, build_month
-from soudan_reporting.mail import MailResult, report_message, send_with_retry
+from soudan_reporting.mail import report_message, send_with_retry
 from soudan_reporting.month import Month
 from soudan_reporting.recorder import EVENTS, TOKYO, record_fact
 from soudan_reporting.report import CHECK, OK

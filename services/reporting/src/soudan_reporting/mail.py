@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
-import aiosmtplib
 import structlog
+from soudan_shared.mail import MailResult, send_mail
 
 from soudan_reporting.month import Month
 from soudan_reporting.settings import ReportingSettings
@@ -25,13 +24,6 @@ log = structlog.get_logger(__name__)
 
 XLSX_TYPE = ("application", "vnd.openxmlformats-officedocument.spreadsheetml.sheet")
 PDF_TYPE = ("application", "pdf")
-
-
-@dataclass(frozen=True)
-class MailResult:
-    sent: bool
-    attempts: int
-    reason: str = ""
 
 
 def report_message(
@@ -70,34 +62,12 @@ async def send_with_retry(
     *,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> MailResult:
-    attempts = settings.report_email_attempts
-    pause = settings.report_email_backoff_seconds
-    reason = ""
-    for attempt in range(1, attempts + 1):
-        try:
-            await aiosmtplib.send(
-                message,
-                hostname=settings.smtp_host,
-                port=settings.smtp_port,
-                username=settings.smtp_username or None,
-                password=settings.smtp_password.get_secret_value() or None,
-                start_tls=settings.smtp_starttls,
-                cert_bundle=str(settings.smtp_ca_file) if settings.smtp_ca_file else None,
-                timeout=settings.smtp_timeout_seconds,
-            )
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            reason = f"{type(exc).__name__}: {exc}"[:300]
-            log.warning(
-                "report_email_attempt_failed",
-                attempt=attempt,
-                attempts=attempts,
-                host=settings.smtp_host,
-                reason=reason,
-            )
-            if attempt < attempts:
-                await sleep(pause)
-                pause *= 2
-            continue
-        log.info("report_emailed", recipients=len(settings.recipients), attempt=attempt)
-        return MailResult(True, attempt)
-    return MailResult(False, attempts, reason)
+    """Mail the report, tried ``REPORT_EMAIL_ATTEMPTS`` times with a doubling pause."""
+    return await send_mail(
+        message,
+        settings,
+        attempts=settings.report_email_attempts,
+        first_pause=settings.report_email_backoff_seconds,
+        purpose="monthly_report",
+        sleep=sleep,
+    )

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field
+from soudan_shared.mail import SmtpSettings
 from soudan_shared.settings import BaseServiceSettings, MongoSettings
 
 IPAEX_GOTHIC = Path("/usr/share/fonts/opentype/ipaexfont-gothic/ipaexg.ttf")
 
 
-class ReportingSettings(BaseServiceSettings, MongoSettings):
+class ReportingSettings(BaseServiceSettings, MongoSettings, SmtpSettings):
     reporting_port: int = 8084
 
     # -- the monthly report ------------------------------------------------------------------
@@ -33,18 +34,6 @@ class ReportingSettings(BaseServiceSettings, MongoSettings):
     report_email_backoff_seconds: float = Field(
         default=30.0, ge=0, description="First wait between attempts; doubles each time."
     )
-
-    # -- outgoing mail (shared names with the console's emergency mail) ------------------------
-    smtp_host: str = ""
-    smtp_port: int = 587
-    smtp_username: str = ""
-    smtp_password: SecretStr = SecretStr("")
-    smtp_starttls: bool = True
-    smtp_from: str = "soudan@localhost"
-    smtp_ca_file: Path | None = Field(
-        default=None, description="CA bundle for a mail server with a private certificate."
-    )
-    smtp_timeout_seconds: float = 30.0
 
     @property
     def recipients(self) -> list[str]:
