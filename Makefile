@@ -10,7 +10,7 @@ MEMBERS := shared services/ingress services/triage services/dispatch services/co
            services/reporting services/allinone tools/fakeline
 PYPROJECTS := pyproject.toml $(addsuffix /pyproject.toml,$(MEMBERS))
 
-.PHONY: install test test-unit lint format lock up down logs run clean
+.PHONY: install test test-unit lint format lock up down logs run demo clean
 
 install: $(VENV)/.installed
 
@@ -47,14 +47,22 @@ lock:
 	$(UV) export --quiet --frozen --format requirements-txt --all-packages --all-groups \
 		--no-emit-workspace -o requirements-dev.lock
 
+# With SOUDAN_DEMO=true in deploy/.env (a fresh one has it): the fake LINE platform too, one
+# scripted student, and the console's address and demo sign-in at the end.
 up: deploy/.env
-	$(COMPOSE) up -d --build --wait
+	@if grep -q '^SOUDAN_DEMO=true' deploy/.env; then \
+		$(COMPOSE) --profile demo up -d --build --wait && \
+		$(COMPOSE) --profile demo run --rm students && \
+		sh deploy/init-env.sh --sign-in; \
+	else \
+		$(COMPOSE) up -d --build --wait; \
+	fi
 
 deploy/.env:
 	sh deploy/init-env.sh
 
 down:
-	$(COMPOSE) down
+	$(COMPOSE) --profile demo down
 
 logs:
 	$(COMPOSE) logs -f --tail=200
@@ -62,6 +70,12 @@ logs:
 # All five services in one process, without Docker (see README: "Running without Docker").
 run: install
 	$(VENV)/bin/soudan-all
+
+# The demo without Docker: the five services, the in-process store and a fake LINE platform,
+# a scripted conversation, then the console until Ctrl-C (needs RabbitMQ at RABBITMQ_URL or
+# 127.0.0.1:5672; see README: "Demo").
+demo: install
+	$(VENV)/bin/soudan-demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

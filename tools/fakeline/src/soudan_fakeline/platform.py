@@ -57,7 +57,9 @@ class RateLimit:
     def take(self, now: float) -> bool:
         assert self.burst is not None
         if self._at is not None:
-            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate / self.per)
+            # The fake's clock can be moved back (``advance`` with a past time): no time passed.
+            elapsed = max(0.0, now - self._at)
+            self._tokens = min(self.burst, self._tokens + elapsed * self.rate / self.per)
         self._at = now
         if self._tokens >= 1.0:
             self._tokens -= 1.0

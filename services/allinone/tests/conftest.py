@@ -1,0 +1,146 @@
+"""The whole service for the end-to-end scenarios: five services, the fake LINE platform, SMTP.
+
+One stack per module (``stack``), in the test run's event loop, on its own bus namespace and
+database (the memory store, shared by the five services through ``memory:///<name>``). The
+fake LINE platform's clock is the scenarios' clock: triage decides with it, so a scenario puts
+the platform at an open or a closed moment of the shipped hours (``Stack.at``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from argon2 import PasswordHasher
+from soudan_allinone.testing import Stack, running_fake_platform, start_stack
+from soudan_console.security import use_hasher
+from soudan_shared.store import open_store
+from soudan_shared.testing.plugin import delete_topology, with_database
+from soudan_shared.testing.proxy import free_port
+from soudan_shared.topology import Topology
+
+SHIPPED_CONFIG = Path(__file__).resolve().parents[3] / "deploy" / "config"
+SECRET = "e2e-channel-secret"
+TOKEN = "e2e-access-token"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def cheap_password_hashing() -> None:
+    """argon2id still, with small parameters: the production ones cost ~0.3 s a hash here."""
+    use_hasher(PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1))
+
+
+class Inbox:
+    """An SMTP server's mailbox (aiosmtpd handler)."""
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        parsed = message_from_bytes(envelope.original_content, policy=policy.default)
+        assert isinstance(parsed, EmailMessage)
+        self.messages.append(parsed)
+        return "250 OK"
+
+
+@pytest.fixture(scope="module")
+def smtp_inbox() -> Iterator[tuple[Inbox, int]]:
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield inbox, port
+    finally:
+        controller.stop()
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    rabbitmq_url: str,
+    mongodb_url: str,
+    smtp_inbox: tuple[Inbox, int],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Stack]:
+    topology = Topology(namespace=f"t{uuid.uuid4().hex[:10]}")
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    base = tmp_path_factory.mktemp("e2e")
+    config_dir = base / "config"
+    shutil.copytree(SHIPPED_CONFIG, config_dir)
+    inbox, smtp_port = smtp_inbox
+    env = {
+        "RABBITMQ_URL": rabbitmq_url,
+        "MONGODB_URL": with_database(mongodb_url, database),
+        "BUS_NAMESPACE": topology.namespace,
+        "LOG_HASH_KEY": "test-hash-key",
+        "LINE_CHANNEL_SECRET": SECRET,
+        "LINE_CHANNEL_ACCESS_TOKEN": TOKEN,
+        "SOUDAN_CONFIG_DIR": str(config_dir),
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(smtp_port),
+        "SMTP_STARTTLS": "false",
+        "EMERGENCY_RECIPIENTS": "section@example.jp",
+        "REPORT_RECIPIENTS": "section@example.jp",
+        "REPORTS_DIR": str(base / "reports"),
+    }
+    store = await open_store(env["MONGODB_URL"], database=database)
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        try:
+            async with running_fake_platform(SECRET, TOKEN) as (line, seen):
+                patch.setenv("LINE_API_BASE_URL", line.url)
+                async with start_stack(line, seen, store, config_dir, inbox, base) as running:
+                    yield running
+        finally:
+            with contextlib.suppress(Exception):
+                await store.client.drop_database(database)
+            await store.close()
+            await delete_topology(rabbitmq_url, topology)
+
+
+# -- the browser (for the counselor's reply typed in the console) ----------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Any]:
+    """One headless Chromium for the whole run (Debian's, at /usr/bin/chromium)."""
+    if not Path(CHROMIUM).exists():  # noqa: ASYNC240 - once per run
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium")
+    from playwright.async_api import async_playwright
+
+    playwright = await async_playwright().start()
+    chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield chromium
+    with contextlib.suppress(Exception):
+        await chromium.close()
+    await playwright.stop()
+
+
+@pytest.fixture
+async def new_page(browser: Any) -> AsyncIterator[Callable[..., Any]]:
+    """Pages in fresh browser contexts (separate cookies), closed after the test."""
+    contexts: list[Any] = []
+
+    async def make() -> Any:
+        context = await browser.new_context(locale="ja-JP")
+        contexts.append(context)
+        page = await context.new_page()
+        page.set_default_timeout(10_000)
+        return page
+
+    yield make
+    for context in contexts:
+        with contextlib.suppress(Exception):
+            await context.close()

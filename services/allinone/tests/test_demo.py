@@ -1,0 +1,66 @@
+"""``soudan-demo --once``: the demo as ``make demo`` starts it, run to the end of its transcript."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from soudan_allinone.demo import COUNSELOR, COUNSELOR_REPLY, source_config_dir
+from soudan_shared.config import load_config
+from soudan_shared.topology import Topology
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
+
+
+def fixed_lines(template: str) -> list[str]:
+    """The lines of a message template that do not depend on a placeholder."""
+    return [line for line in template.splitlines() if line.strip() and "{" not in line]
+
+
+async def run_demo(env: dict[str, str]) -> tuple[int, str, str]:
+    exe = Path(sys.executable).parent / "soudan-demo"
+    process = await asyncio.create_subprocess_exec(
+        str(exe),
+        "--once",
+        "--free-ports",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_the_demo_plays_the_whole_conversation_and_prints_the_console_sign_in(
+    rabbitmq_url: str, topology: Topology
+) -> None:
+    env = {**os.environ, "RABBITMQ_URL": rabbitmq_url, "BUS_NAMESPACE": topology.namespace}
+    code, out, err = await run_demo(env)
+    assert code == 0, err[-3000:]
+
+    messages = load_config(source_config_dir()).messages
+    greeting = fixed_lines(messages.follow.greeting)
+    out_of_hours = fixed_lines(messages.auto_reply.out_of_hours)
+    help_lines = fixed_lines(messages.auto_reply.out_of_hours_urgent)
+    assert greeting
+    assert out_of_hours
+    assert help_lines
+    for line in (*greeting, *out_of_hours, *help_lines, messages.menu.open_now):
+        assert line in out, f"not in the transcript: {line}"
+
+    # In order: closed (out-of-hours, then help lines), opened by the admin, then the counselor.
+    opened = out.index("管理者がコンソールで今日の受付時間を設定しました")
+    assert out.index(out_of_hours[0]) < out.index(help_lines[0]) < opened
+    assert opened < out.index(messages.menu.open_now) < out.index(COUNSELOR_REPLY)
+    assert out.count(COUNSELOR_REPLY) == 1  # the student got the answer, once
+    assert f"{COUNSELOR.email} / {COUNSELOR.password}" in out
+    assert "/login" in out
