@@ -49,7 +49,9 @@ RETENTION_RUN: Final = "retention.run"  # {erased_messages, older_than}
 REPLY_SENT: Final = "reply.sent"
 # {purpose, method: reply|push, user_id, case_id|None, staff_id|None, latency_ms, request_id,
 #  messages: n, command_id}
-REPLY_FAILED: Final = "reply.failed"  # {purpose, user_id, case_id|None, reason, status, attempts}
+REPLY_FAILED: Final = "reply.failed"
+# {purpose, user_id, case_id|None, reason, status, attempts, command_id,
+#  maybe_delivered: an earlier try got no clear answer, so the student may have the text}
 LINE_API_ERROR: Final = "line.api_error"  # {endpoint, status, request_id|None}
 BROADCAST_STARTED: Final = "broadcast.started"  # {broadcast_id, audience, method, planned}
 BROADCAST_CHUNK_SENT: Final = "broadcast.chunk_sent"  # {broadcast_id, chunk, recipients}

@@ -216,7 +216,7 @@ class Sender:
                 age = self._token_age(command)
                 young = age is None or age < self.reply_token_max_age
                 if attempt >= self.backoff.attempts:
-                    await self._failed(command, exc, attempt)
+                    await self._failed(command, exc, attempt, maybe_delivered=maybe_delivered)
                 if not young:
                     # The token is past its window: a push carries the message from here.
                     return None, attempt
@@ -256,8 +256,15 @@ class Sender:
             correlation_id=command.correlation_id,
         )
 
-    async def _failed(self, command: SendText, exc: LineError, attempts: int) -> NoReturn:
+    async def _failed(
+        self, command: SendText, exc: LineError, attempts: int, *, maybe_delivered: bool = False
+    ) -> NoReturn:
+        """Give up: ``reply.failed`` and a dead-letter. ``maybe_delivered`` says an earlier try
+        got a 5xx or no answer after LINE may already have delivered it, so nobody resends it
+        as if the student never got it."""
         reason = str(exc)
+        if maybe_delivered:
+            reason = f"may have been delivered (an earlier try got no clear answer); {reason}"
         await self.facts.publish(
             REPLY_FAILED,
             {
@@ -268,6 +275,7 @@ class Sender:
                 "status": exc.status,
                 "attempts": attempts,
                 "command_id": command.id,
+                "maybe_delivered": maybe_delivered,
             },
             cause=command.id,
             correlation_id=command.correlation_id,
