@@ -296,20 +296,29 @@ async def section_save(request: web.Request) -> web.StreamResponse:
             status=400,
         )
     after = value.model_dump(mode="json")
-    changed_before, changed_after = diff(before, after)
-    if changed_after or changed_before:
+    if before != after:
         await save_override(console.db, section, value, staff_id=current_staff(request).id)
         console.config.invalidate()
-        await console.emit(
-            F.SETTINGS_CHANGED,
-            {
-                "what": f"config.{section}",
-                "before": changed_before,
-                "after": changed_after,
-                "staff_id": current_staff(request).id,
-            },
-        )
+        await _settings_changed(request, section, before, after)
     raise see_other(f"/admin/settings/{section}", msg="saved")
+
+
+async def _settings_changed(
+    request: web.Request, section: str, before: dict[str, Any], after: dict[str, Any]
+) -> None:
+    """The audit fact of a settings edit: only what changed, before and after."""
+    changed_before, changed_after = diff(before, after)
+    if not (changed_before or changed_after):
+        return
+    await get_console(request).emit(
+        F.SETTINGS_CHANGED,
+        {
+            "what": f"config.{section}",
+            "before": changed_before,
+            "after": changed_after,
+            "staff_id": current_staff(request).id,
+        },
+    )
 
 
 @routes.post("/admin/settings/{section}/reset")
@@ -323,17 +332,7 @@ async def section_reset(request: web.Request) -> web.StreamResponse:
     after = getattr(console.config.files, section).model_dump(mode="json")
     await delete_override(console.db, section)
     console.config.invalidate()
-    changed_before, changed_after = diff(before, after)
-    if changed_before or changed_after:
-        await console.emit(
-            F.SETTINGS_CHANGED,
-            {
-                "what": f"config.{section}",
-                "before": changed_before,
-                "after": changed_after,
-                "staff_id": current_staff(request).id,
-            },
-        )
+    await _settings_changed(request, section, before, after)
     raise see_other(f"/admin/settings/{section}", msg="reset")
 
 
