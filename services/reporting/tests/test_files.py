@@ -8,7 +8,7 @@ import zipfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import openpyxl
 import pypdf
@@ -18,8 +18,9 @@ from soudan_reporting.factgen import MonthGenerator, Plan, reference_figures, st
 from soudan_reporting.month import Month
 from soudan_reporting.pdf import FontMissing
 from soudan_reporting.recorder import EVENTS
-from soudan_reporting.report import Percent, Report, Table, as_text
+from soudan_reporting.report import PURPOSES, Percent, Report, Table, as_text
 from soudan_reporting.settings import ReportingSettings
+from soudan_shared.contracts import ReplyPurpose
 from soudan_shared.store import Store, open_store
 
 pytestmark = pytest.mark.integration
@@ -281,3 +282,8 @@ def test_percent_cells_read_as_percentages() -> None:
     assert as_text(1234) == "1,234"
     assert as_text(12.25) == "12.2"
     assert as_text(None) == "—"
+
+
+def test_every_kind_of_reply_has_a_japanese_name_in_the_report() -> None:
+    # A purpose without a name would reach the board as its English identifier.
+    assert set(get_args(ReplyPurpose)) == set(PURPOSES)

@@ -444,9 +444,9 @@ async def test_other_events_are_recorded_as_ignored_and_acknowledged(
 @pytest.mark.parametrize(
     ("data", "purpose", "expected"),
     [
-        ("menu=hours", "other", "毎日 17:00〜21:00"),
+        ("menu=hours", "menu_hours", "毎日 17:00〜21:00"),
         ("menu=policy", "policy", "運用ポリシー"),
-        ("menu=inquiry", "other", "https://"),
+        ("menu=inquiry", "menu_inquiry", "https://"),
     ],
 )
 async def test_the_rich_menu_entries_are_answered(

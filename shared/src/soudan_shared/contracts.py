@@ -107,6 +107,8 @@ ReplyPurpose = Literal[
     "media_refused",
     "counselor_reply",
     "emergency",
+    "menu_hours",
+    "menu_inquiry",
     "other",
 ]
 

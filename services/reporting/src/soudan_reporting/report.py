@@ -132,6 +132,8 @@ PURPOSES = {
     "congestion": "混雑時の自動応答",
     "media_refused": "画像などへの自動応答（文字だけでお願い）",
     "emergency": "緊急時の案内",
+    "menu_hours": "メニュー「受付時間」への案内",
+    "menu_inquiry": "メニュー「問い合わせ」への案内",
     "other": "その他",
 }
 EMERGENCY_TYPES = {

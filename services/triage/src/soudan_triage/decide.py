@@ -455,9 +455,9 @@ class Decider:
         if topic == "policy":
             purpose, text = "policy", messages.follow.policy
         elif topic == "inquiry":
-            purpose, text = "other", messages.inquiry
+            purpose, text = "menu_inquiry", messages.inquiry
         else:
-            purpose = "other"
+            purpose = "menu_hours"
             today = c.at.astimezone(c.hours.tz).date()
             text = messages.menu.hours.format(
                 hours=describe(c.config.hours, today), status=self._status_sentence(c)
