@@ -735,7 +735,7 @@ def _load_file(path: Path, model: type[BaseModel]) -> BaseModel:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(path.name, _describe(exc)) from None
+        raise ConfigError(path.name, describe_errors(exc)) from None
 
 
 class _ConfigLoader(yaml.SafeLoader):
@@ -786,19 +786,25 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(path.name, "not UTF-8 text; save the file as UTF-8") from None
     except OSError as exc:
         raise ConfigError(path.name, f"cannot be read ({exc.strerror})") from None
+    return parse_yaml(text, path.name)
+
+
+def parse_yaml(text: str, name: str) -> dict[str, Any]:
+    """The mapping a configuration file's text holds, read with the guards of
+    :class:`_ConfigLoader`; :class:`ConfigError` naming ``name`` and the line otherwise."""
     try:
         data = yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = exc.problem or exc.context or "syntax error"
-        raise ConfigError(path.name, f"invalid YAML{where}: {problem}") from None
+        raise ConfigError(name, f"invalid YAML{where}: {problem}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(path.name, "invalid YAML: " + " ".join(str(exc).split())) from None
+        raise ConfigError(name, "invalid YAML: " + " ".join(str(exc).split())) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(path.name, f"expected a mapping of keys at top level, got {_kind(data)}")
+        raise ConfigError(name, f"expected a mapping of keys at top level, got {_kind(data)}")
     return data
 
 
@@ -809,7 +815,7 @@ _MESSAGES = {
 _SHOWN_ERRORS = 3
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_errors(exc: ValidationError) -> str:
     """Pydantic's errors as one line: ``periods[0].end: …; weekly.funday: unknown key``."""
     errors = exc.errors(include_url=False)
     parts = []

@@ -30,9 +30,9 @@ from soudan_shared.config import (
     CONFIG_FILES,
     ConfigError,
     SoudanConfig,
-    _ConfigLoader,
-    _describe,
+    describe_errors,
     load_config,
+    parse_yaml,
 )
 from soudan_shared.contracts import utcnow
 
@@ -50,23 +50,13 @@ def parse_section(section: str, data: Any) -> BaseModel:
     try:
         return model.model_validate(data if data is not None else {})
     except ValidationError as exc:
-        raise ConfigError(name, _describe(exc)) from None
+        raise ConfigError(name, describe_errors(exc)) from None
 
 
 def parse_section_yaml(section: str, text: str) -> BaseModel:
     """Validate YAML text as ``section``, with the same guards as the files themselves."""
     name = CONFIG_FILES[section][0] if section in CONFIG_FILES else section
-    try:
-        data = yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(name, f"invalid YAML{where}: {exc.problem or 'syntax error'}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(name, "invalid YAML: " + " ".join(str(exc).split())) from None
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError(name, "expected a mapping of keys at top level")
-    return parse_section(section, data)
+    return parse_section(section, parse_yaml(text, name))
 
 
 def section_yaml(value: BaseModel) -> str:
