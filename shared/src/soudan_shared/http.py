@@ -9,11 +9,12 @@ otherwise. Each service has its own metrics registry, so five services in one pr
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -22,6 +23,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ReadinessCheck = Callable[[], Awaitable[bool] | bool]
 
 REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
@@ -31,8 +33,19 @@ SERVICE: web.AppKey[str] = web.AppKey("service", str)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
 
-def create_base_app(service: str, *, client_max_size: int = 1024**2) -> web.Application:
-    """An aiohttp app with the three operational routes and request metrics."""
+def create_base_app(
+    service: str,
+    *,
+    client_max_size: int = 1024**2,
+    trusted_proxies: Sequence[IPNetwork] = (),
+) -> web.Application:
+    """An aiohttp app with the three operational routes and request metrics.
+
+    ``trusted_proxies``: the networks of the reverse proxies in front of the service. A request
+    whose socket peer is one of them has ``request.remote`` taken from ``X-Forwarded-For``
+    instead (see :func:`forwarded_client`); from anyone else the header is ignored, since
+    anyone can send it.
+    """
     registry = CollectorRegistry()
     requests = Counter(
         "soudan_http_requests",
@@ -68,7 +81,10 @@ def create_base_app(service: str, *, client_max_size: int = 1024**2) -> web.Appl
                 requests.labels(name, str(status)).inc()
                 latency.labels(name).observe(time.perf_counter() - started)
 
-    app = web.Application(middlewares=[measure], client_max_size=client_max_size)
+    middlewares = [measure]
+    if trusted_proxies:
+        middlewares.insert(0, _forwarded_middleware(tuple(trusted_proxies)))
+    app = web.Application(middlewares=middlewares, client_max_size=client_max_size)
     app[REGISTRY] = registry
     app[READINESS] = {}
     app[SERVICE] = service
@@ -76,6 +92,55 @@ def create_base_app(service: str, *, client_max_size: int = 1024**2) -> web.Appl
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     return app
+
+
+def forwarded_client(
+    peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[IPNetwork]
+) -> str | None:
+    """The client's address behind trusted proxies: the right-most ``X-Forwarded-For`` entry
+    that is not itself a trusted proxy (each proxy appends the address it received from).
+
+    ``peer`` unchanged when it is not a trusted proxy, or when the header is missing or holds
+    something that is not an address (a misconfigured proxy should not erase the evidence).
+    """
+    if not _is_trusted(peer, trusted):
+        return peer
+    hops = [hop.strip() for header in forwarded_for for hop in header.split(",")]
+    client = peer
+    for hop in reversed(hops):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return peer
+        client = hop
+        if not _is_trusted(hop, trusted):
+            break
+    return client
+
+
+def _is_trusted(address: str | None, trusted: Sequence[IPNetwork]) -> bool:
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
+
+
+def _forwarded_middleware(trusted: tuple[IPNetwork, ...]) -> Any:
+    @web.middleware
+    async def forwarded(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        client = forwarded_client(
+            request.remote, request.headers.getall(hdrs.X_FORWARDED_FOR, []), trusted
+        )
+        if client is not None and client != request.remote:
+            request = request.clone(remote=client)
+        return await handler(request)
+
+    return forwarded
 
 
 def add_readiness_check(app: web.Application, name: str, check: ReadinessCheck) -> None:

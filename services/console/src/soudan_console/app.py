@@ -48,7 +48,7 @@ HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
 def create_app(
     settings: ConsoleSettings, *, mailer: Mailer | None = None, tick: float = 15.0
 ) -> web.Application:
-    app = create_base_app(SERVICE)
+    app = create_base_app(SERVICE, trusted_proxies=settings.trusted_proxies)
     app.middlewares.append(session_middleware)
     hub = Hub()
     app[HUB] = hub

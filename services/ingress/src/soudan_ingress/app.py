@@ -158,7 +158,9 @@ BACKGROUND: web.AppKey[BackgroundFacts] = web.AppKey("background_facts", Backgro
 
 
 def create_app(settings: IngressSettings) -> web.Application:
-    app = create_base_app(SERVICE, client_max_size=MAX_BODY_BYTES)
+    app = create_base_app(
+        SERVICE, client_max_size=MAX_BODY_BYTES, trusted_proxies=settings.trusted_proxies
+    )
     use_bus(app, settings, SERVICE, publish_timeout=settings.ingress_confirm_timeout)
     metrics = IngressMetrics(app[REGISTRY])
 
