@@ -149,6 +149,8 @@ def console_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
             "console_admin_email": "first@example.jp",
             "console_admin_password": "first-admin-password",
         }
+    if request.node.name.startswith("test_many_failed_sign_ins_from_one_address"):
+        return {"console_source_failure_limit": 3, "trusted_proxies": "127.0.0.1"}
     return {}
 
 
@@ -159,6 +161,31 @@ async def test_the_first_admin_comes_from_the_environment(
     c = client()
     _, path, _ = await c.login("first@example.jp", "first-admin-password")
     assert path == "/password"
+
+
+async def test_many_failed_sign_ins_from_one_address_stop_it_without_locking_any_account(
+    running: RunningConsole, client: Callable[[], Browserless]
+) -> None:
+    a, b = await running.add_staff("counselor"), await running.add_staff("counselor")
+    spray = client()  # behind the proxy (127.0.0.1, trusted here), from one address
+    spray.http.headers["X-Forwarded-For"] = "203.0.113.9"
+    for email in (a.email, b.email, "nobody@example.jp"):  # one guess against each account
+        status, _, _ = await spray.login(email, "Summer2026!")
+        assert status == 401
+
+    status, path, text = await spray.login(a.email)  # even the right password, now
+    assert (status, path) == (429, "/login")
+    assert "この接続元からのログインの失敗が続いたため" in text
+    await running.wait_fact(F.LOGIN_FAILED, reason="throttled", source="203.0.113.9")
+    for staff in (a, b):  # one failure each: no account locked by someone else's guesses
+        doc = await running.store.db[STAFF].find_one({"_id": staff.id})
+        assert doc["failed_logins"] == 1
+        assert doc.get("locked_until") is None
+
+    elsewhere = client()  # a counselor at another address signs in as usual
+    elsewhere.http.headers["X-Forwarded-For"] = "198.51.100.20"
+    _, path, _ = await elsewhere.login(a.email)
+    assert path == "/queue"
 
 
 async def test_admin_actions_on_staff_are_facts_naming_the_admin(

@@ -19,6 +19,7 @@ NOTES = "console_notes"
 EMERGENCIES = "console_emergencies"
 CANNED = "console_canned"
 SECURITY = "console_security"
+SIGN_IN_SOURCES = "console_sign_in_sources"  # failed sign-ins per client address and window
 BROADCASTS = "console_broadcasts"
 
 Role = Literal["counselor", "supervisor", "admin", "section"]
@@ -156,4 +157,7 @@ INDEXES = (
     IndexSpec(EMERGENCIES, (("case_id", 1),), name="case"),
     IndexSpec(EMERGENCIES, (("state", 1), ("raised_at", -1)), name="open"),
     IndexSpec(BROADCASTS, (("state", 1), ("due_at", 1)), name="due"),
+    IndexSpec(
+        SIGN_IN_SOURCES, (("expires_at", 1),), name="expiry", options={"expireAfterSeconds": 0}
+    ),
 )

@@ -30,6 +30,15 @@ class ConsoleSettings(BaseServiceSettings, MongoSettings, SmtpSettings):
     console_password_min_length: int = Field(default=12, ge=12)
     console_lockout_threshold: int = Field(default=5, ge=1)
     console_lockout_minutes: int = Field(default=30, ge=1)
+    console_source_failure_limit: int = Field(
+        default=20,
+        ge=1,
+        description=(
+            "Failed sign-ins from one client address, across all accounts, after which that "
+            "address is refused for the rest of the window (password spraying)."
+        ),
+    )
+    console_source_failure_window_minutes: int = Field(default=10, ge=1)
     console_idle_timeout_minutes: int = Field(default=30, ge=1)
     console_session_max_hours: int = Field(default=12, ge=1)
     console_urgent_alert_minutes: int = Field(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -13,7 +13,7 @@ from soudan_shared import fact_types as F
 from soudan_shared.contracts import utcnow
 
 from soudan_console.core import Console
-from soudan_console.domain import SECURITY, STAFF, Staff
+from soudan_console.domain import SECURITY, SIGN_IN_SOURCES, STAFF, Staff
 from soudan_console.security import (
     hash_password,
     password_expired,
@@ -124,8 +124,56 @@ LOCKED = (
 )
 
 
+SOURCE_THROTTLED = (
+    "この接続元からのログインの失敗が続いたため、しばらく受け付けません。"
+    "時間をおいてから試すか、管理者に連絡してください。"
+)
+
+
+def _source_window(console: Console, source: str) -> tuple[str, datetime]:
+    """The key of ``source``'s current window of failures, and when that window ends."""
+    minutes = console.settings.console_source_failure_window_minutes
+    width = minutes * 60
+    start = int(utcnow().timestamp()) // width * width
+    ends = datetime.fromtimestamp(start + width, UTC)
+    return f"{source}|{start}", ends
+
+
+async def source_throttled(console: Console, source: str) -> bool:
+    """True while ``source`` has used up its failed sign-ins for this window."""
+    key, _ = _source_window(console, source)
+    doc = await console.db[SIGN_IN_SOURCES].find_one({"_id": key})
+    return doc is not None and doc["failures"] >= console.settings.console_source_failure_limit
+
+
+async def count_source_failure(console: Console, source: str) -> None:
+    key, ends = _source_window(console, source)
+    await console.db[SIGN_IN_SOURCES].update_one(
+        {"_id": key},
+        {"$inc": {"failures": 1}, "$setOnInsert": {"source": source, "expires_at": ends}},
+        upsert=True,
+    )
+
+
 async def authenticate(console: Console, email: str, password: str, source: str) -> SignIn:
-    """Check the password; count failures and lock the account after too many."""
+    """Check the password; count failures and lock the account after too many.
+
+    Failures are also counted per client address, across accounts: an address over
+    ``console_source_failure_limit`` in the window is refused before any password is checked
+    (guessing one password against many accounts never locks any of them).
+    """
+    if await source_throttled(console, source):
+        await console.emit(
+            F.LOGIN_FAILED, {"staff_id": None, "reason": "throttled", "source": source}
+        )
+        return SignIn(None, SOURCE_THROTTLED)
+    result = await _authenticate(console, email, password, source)
+    if result.staff is None:
+        await count_source_failure(console, source)
+    return result
+
+
+async def _authenticate(console: Console, email: str, password: str, source: str) -> SignIn:
     email = normalize_email(email)
     doc = await console.db[STAFF].find_one({"email": email}) if email else None
     if doc is None:

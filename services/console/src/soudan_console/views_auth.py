@@ -66,7 +66,7 @@ async def login(request: web.Request) -> web.StreamResponse:
             request,
             "login.html",
             {"error": result.error, "email": email, "next": target},
-            status=401,
+            status=429 if result.error == accounts.SOURCE_THROTTLED else 401,
         )
     staff = result.staff
     old = current_session(request)

@@ -151,6 +151,7 @@ CONTACT_RESULTS = {
 SIGNATURE_REASONS = {"missing": "署名がない", "mismatch": "署名が一致しない"}
 LOGIN_FAILURES = {
     "bad_password": "パスワードの誤り",
+    "throttled": "同じ接続元からの失敗が多く一時受付停止",
     "unknown_account": "登録のないアカウント",
     "unknown_user": "登録のないアカウント",
     "locked": "ロック中のアカウント",
