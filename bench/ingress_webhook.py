@@ -8,7 +8,9 @@ from this process. Per run, for signed one-event and five-event bodies (five use
 over the shard queues):
 
 1. throughput, closed loop: ``wrk -t1 -cN`` for each N of ``--connections`` (default 32 and
-   256; Debian's wrk, a Lua script posts pre-signed bodies) against the baseline and against
+   256; Debian's wrk, a Lua script posts pre-signed bodies) against the baseline, against the
+   *publish floor* (the baseline plus one confirmed ``Bus.publish`` per event and nothing else:
+   the least any handler meeting the issue's "200 only when confirmed" rule can do) and against
    ingress, for ``--duration`` seconds each; falls back to an aiohttp client with N connections
    when wrk is not installed;
 2. the broker's own ceiling on this machine: ``Bus.publish`` of the same events, 160 in flight,
@@ -68,6 +70,10 @@ def serve(kind: str, port: int, namespace: str) -> None:
         web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
         return
 
+    if kind == "floor":
+        serve_floor(port, namespace)
+        return
+
     from soudan_ingress.app import create_app
     from soudan_ingress.settings import IngressSettings
     from soudan_shared.runtime import setup_logging
@@ -83,6 +89,32 @@ def serve(kind: str, port: int, namespace: str) -> None:
     web.run_app(create_app(settings), host="127.0.0.1", port=port, print=None, access_log=None)
 
 
+def serve_floor(port: int, namespace: str) -> None:
+    """The baseline plus the one thing the issue requires of every event: a publish the broker
+    confirms. Parse the JSON into ``LineEventReceived`` messages, publish them all
+    concurrently with ``Bus.publish``, answer 200 (no signature, no checks, no metrics)."""
+    from aiohttp import web
+    from soudan_ingress.events import parse_webhook
+    from soudan_shared.bus import Bus
+    from soudan_shared.contracts import utcnow
+
+    bus = Bus(os.environ["RABBITMQ_URL"], topology=Topology(namespace=namespace), service="floor")
+
+    async def started(app: web.Application) -> None:
+        bus.start()
+        await bus.wait_started(30)
+
+    async def webhook(request: web.Request) -> web.Response:
+        messages = parse_webhook(await request.read(), received_at=utcnow())
+        await asyncio.gather(*(bus.publish(m, timeout=5) for m in messages))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.on_startup.append(started)
+    app.router.add_post("/webhook", webhook)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
 class Server:
     def __init__(self, kind: str, namespace: str, log_dir: Path) -> None:
         self.kind = kind
@@ -96,7 +128,7 @@ class Server:
         )
 
     async def wait_ready(self, http: aiohttp.ClientSession) -> None:
-        path = "/readyz" if self.kind == "ingress" else "/webhook"
+        path = "/readyz" if self.kind == "ingress" else "/webhook"  # the others: 405 on GET
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -402,10 +434,12 @@ async def main(args: argparse.Namespace) -> None:
     try:
         for run in range(1, args.runs + 1):
             baseline = Server("baseline", namespace, log_dir)
+            floor = Server("floor", namespace, log_dir)
             ingress = Server("ingress", namespace, log_dir)
             try:
                 async with aiohttp.ClientSession() as http:
                     await baseline.wait_ready(http)
+                    await floor.wait_ready(http)
                     await ingress.wait_ready(http)
                 await throughput(ingress.url, shapes[1], 2, generator, 32)  # warm-up
                 await purge()
@@ -421,6 +455,10 @@ async def main(args: argparse.Namespace) -> None:
                         base = await throughput(
                             baseline.url, bodies, args.duration, generator, connections
                         )
+                        least = await throughput(
+                            floor.url, bodies, args.duration, generator, connections
+                        )
+                        await settle(purge)
                         ing = await throughput(
                             ingress.url, bodies, args.duration, generator, connections
                         )
@@ -428,6 +466,9 @@ async def main(args: argparse.Namespace) -> None:
                         record.update(
                             {
                                 f"c{connections}_baseline_rps": round(base["rps"]),
+                                f"c{connections}_floor_rps": round(least["rps"]),
+                                f"c{connections}_floor_ratio": round(least["rps"] / base["rps"], 3),
+                                f"c{connections}_floor_non2xx": least["non2xx"] + least["errors"],
                                 f"c{connections}_ingress_rps": round(ing["rps"]),
                                 f"c{connections}_ratio": round(ing["rps"] / base["rps"], 3),
                                 f"c{connections}_ingress_events_per_s": round(ing["rps"] * events),
@@ -449,6 +490,7 @@ async def main(args: argparse.Namespace) -> None:
                     emit({"rss": rss})
             finally:
                 baseline.stop()
+                floor.stop()
                 ingress.stop()
     finally:
         await connection.close()
@@ -462,7 +504,14 @@ async def main(args: argparse.Namespace) -> None:
             *(
                 f"c{c}_{k}"
                 for c in args.connections
-                for k in ("baseline_rps", "ingress_rps", "ratio", "ingress_events_per_s")
+                for k in (
+                    "baseline_rps",
+                    "floor_rps",
+                    "floor_ratio",
+                    "ingress_rps",
+                    "ratio",
+                    "ingress_events_per_s",
+                )
             ),
             *(
                 f"at_{rate:g}_{p}"
