@@ -233,6 +233,38 @@ async def test_a_5xx_after_processing_delivers_and_the_retry_is_409(
     assert line.fake.texts(user) == ["x"]
 
 
+async def test_a_held_answer_comes_after_the_message_is_out_and_its_retry_key_is_409(
+    line: FakeLineServer, http: aiohttp.ClientSession
+) -> None:
+    """A sender that dies while its answer is held never learns the push went out; its retry
+    with the same key is 409. Clearing the faults (here through the control API) answers it."""
+    user = new_user_id()
+    key = str(uuid.uuid4())
+    body = {"to": user, "messages": [_text("x")]}
+    line.fake.inject("push", status=0, hold=30)
+    held = asyncio.create_task(
+        _post(http, line, "/v2/bot/message/push", body, headers={"X-Line-Retry-Key": key})
+    )
+    for _ in range(500):
+        if line.fake.held:
+            break
+        await asyncio.sleep(0.01)
+    assert line.fake.held == 1
+    assert line.fake.texts(user) == ["x"]
+    assert not held.done()
+    status, headers, _ = await _post(
+        http, line, "/v2/bot/message/push", body, headers={"X-Line-Retry-Key": key}
+    )
+    assert status == 409
+    async with http.delete(line.url + "/fake/v1/faults") as response:
+        assert response.status == 200
+    status, answered, _ = await asyncio.wait_for(held, 5)
+    assert status == 200
+    assert headers["x-line-accepted-request-id"] == answered["x-line-request-id"]
+    assert line.fake.held == 0
+    assert line.fake.texts(user) == ["x"]
+
+
 async def test_multicast_takes_at_most_500_ids(
     line: FakeLineServer, http: aiohttp.ClientSession
 ) -> None:

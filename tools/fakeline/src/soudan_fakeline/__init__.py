@@ -25,6 +25,7 @@ In a test (pytest-asyncio), run one in-process on a free port::
             assert line.fake.texts(user_id) == ["..."]            # what the user received
             line.fake.inject("push", status=500)                  # next push fails
             line.fake.inject("push", status=500, after_processing=True)  # sent, answer lost
+            line.fake.inject("push", status=0, hold=30)   # sent, answer held (release_held())
             line.fake.inject("multicast", status=429, times=3)
             line.fake.set_latency(2.0, "push")                    # slow answers
             line.fake.quota_limit = 1000; line.fake.consumption = 990

@@ -114,7 +114,7 @@ def _line_endpoint(endpoint: str, handler: Handler, *, read_body: bool = True) -
             _authorise(fake, request)
             if not fake.take_rate(endpoint):
                 raise _error(429, "Too many requests")
-            if fault is not None and not fault.after_processing:
+            if fault is not None and fault.status and not fault.after_processing:
                 raise _error(fault.status, fault.message or _fault_message(fault.status))
             if read_body:
                 if (request.content_length or 0) > MAX_BODY:
@@ -126,7 +126,9 @@ def _line_endpoint(endpoint: str, handler: Handler, *, read_body: bool = True) -
             status, body, content_type = await handler(ctx)
             if ctx.retry_key is not None and 200 <= status < 300:
                 fake.remember_retry_key(ctx.retry_key, ctx.request_id)
-            if fault is not None:
+            if fault is not None and fault.hold > 0:
+                await fake.hold_answer(fault.hold)  # done, the sender not told yet
+            if fault is not None and fault.status:
                 raise _error(fault.status, fault.message or _fault_message(fault.status))
         except _Answer as answer:
             status = answer.status
@@ -515,6 +517,7 @@ async def _control_faults(request: web.Request) -> web.Response:
         times=int(body.get("times", 1)),
         after_processing=bool(body.get("afterProcessing", False)),
         latency=float(body.get("latency", 0.0)),
+        hold=float(body.get("hold", 0.0)),
     )
     return web.json_response({"faults": len(fake.faults)})
 

@@ -4,12 +4,14 @@
 to authorise, rate-limit and record; the test asks it what each user received, switches faults on
 and off, and issues reply tokens through the webhook sender (:mod:`soudan_fakeline.webhook`).
 
-Everything here is synchronous and runs on the event loop of the app that serves it, so it needs
-no locks.
+Everything here runs on the event loop of the app that serves it (only a held answer waits, see
+:class:`Fault`), so it needs no locks.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 import time
 import uuid
@@ -83,9 +85,13 @@ def default_rate_limits() -> dict[str, RateLimit]:
 class Fault:
     """An injected failure on ``endpoint`` (``"*"`` for all) for the next ``times`` requests.
 
-    ``status`` 0 injects only ``latency``. With ``after_processing`` the request takes effect
-    (the message is delivered, the retry key remembered) and only the answer is the failure: the
-    case of a response lost on the way back, which a retry key is for.
+    ``status`` 0 injects only ``latency`` (and ``hold``). With ``after_processing`` the request
+    takes effect (the message is delivered, the retry key remembered) and only the answer is the
+    failure: the case of a response lost on the way back, which a retry key is for.
+
+    ``hold``: seconds the answer waits *after* the request took effect (``latency`` waits
+    before), or until :meth:`FakeLine.release_held`. The sender has no answer yet while the
+    message is already out: the window in which a sender killed never learns that it was sent.
     """
 
     endpoint: str
@@ -94,6 +100,7 @@ class Fault:
     after_processing: bool = False
     latency: float = 0.0
     message: str | None = None
+    hold: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -230,6 +237,8 @@ class FakeLine:
         self.rich_menus: dict[str, RichMenu] = {}
         self.default_rich_menu: str | None = None
         self.issued_tokens: dict[str, IssuedToken] = {}
+        self.held = 0  # answers being held now (Fault.hold)
+        self._release: asyncio.Event | None = None  # made in the serving loop, when first needed
 
     # -- time ------------------------------------------------------------------------------------
 
@@ -320,9 +329,10 @@ class FakeLine:
         after_processing: bool = False,
         latency: float = 0.0,
         message: str | None = None,
+        hold: float = 0.0,
     ) -> Fault:
         """Make the next ``times`` requests to ``endpoint`` fail with ``status`` (see Fault)."""
-        fault = Fault(endpoint, status, times, after_processing, latency, message)
+        fault = Fault(endpoint, status, times, after_processing, latency, message, hold)
         self.faults.append(fault)
         return fault
 
@@ -333,7 +343,27 @@ class FakeLine:
             self.faults.append(Fault(endpoint, status=0, times=times, latency=seconds))
 
     def clear_faults(self) -> None:
+        """No more faults; every held answer is given now."""
         self.faults.clear()
+        self.release_held()
+
+    async def hold_answer(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if :meth:`release_held` is called meanwhile."""
+        if self._release is None:
+            self._release = asyncio.Event()
+        release = self._release
+        self.held += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(release.wait(), seconds)
+        finally:
+            self.held -= 1
+
+    def release_held(self) -> None:
+        """Give every held answer now."""
+        if self._release is not None:
+            self._release.set()
+            self._release = None
 
     def next_fault(self, endpoint: str) -> tuple[Fault | None, float]:
         """The failure to inject into this request (consumed), and the latency to add."""
@@ -342,7 +372,7 @@ class FakeLine:
         for fault in list(self.faults):
             if fault.endpoint not in (endpoint, "*"):
                 continue
-            if fault.status == 0:
+            if fault.status == 0 and not fault.hold:
                 latency = max(latency, fault.latency)
                 fault.times -= 1
             elif chosen is None:
@@ -407,7 +437,7 @@ class FakeLine:
         self.requests.clear()
         self.reply_tokens.clear()
         self.retry_keys.clear()
-        self.faults.clear()
+        self.clear_faults()
         self.rich_menus.clear()
         self.default_rich_menu = None
         self.followers.clear()
@@ -424,6 +454,7 @@ class FakeLine:
             "byStatus": dict(by_status),
             "byEndpoint": dict(by_endpoint),
             "deliveries": len(self.deliveries),
+            "held": self.held,
             "recipients": len(self._by_user),
             "consumption": self.consumption,
             "quotaLimit": self.quota_limit,
