@@ -420,8 +420,9 @@ class _Consumer(Generic[M]):
         self._tag = await self._queue.consume(self._on_message)
 
     async def stop(self) -> None:
-        if self._queue is not None and self._tag is not None:
-            # A robust channel waits for the broker to come back; a stopping consumer does not.
+        # Cancelled only while connected: a lost connection took the consumer with it, and a
+        # robust channel would wait for the broker to come back; a stopping consumer does not.
+        if self._queue is not None and self._tag is not None and self.bus.is_ready:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._queue.cancel(self._tag), 5)
         if self._tasks:
