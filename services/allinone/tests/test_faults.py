@@ -9,8 +9,11 @@ every effect found. Each scenario ends with lost = unexpected = duplicate effect
 
 Scenarios: the broker's connections closed (``rabbitmqctl``) and the broker stopped and started
 (a proxy in front of it for this stack only) under webhook load; triage failing after its store
-write, before the ack; LINE failing in bursts (5xx, 429, timeouts, lost answers); an event
-delivered three times; events out of order; a poison message in every queue.
+write, before the ack (in process: retried, then requeued); triage killed there as the broker
+sees a killed process (its connection aborted, the instance discarded, a fresh one on the same
+store); a ``soudan-dispatch`` process killed (SIGKILL) while LINE holds the answers to pushes it
+already delivered; LINE failing in bursts (5xx, 429, timeouts, lost answers); an event delivered
+three times; events out of order; a poison message in every queue.
 
 Covered elsewhere, not repeated here: slow broker confirms answered 503 within the timeout
 (``services/ingress/tests/test_webhook_faults.py``), the bus alone under connection cuts
@@ -24,28 +27,36 @@ import asyncio
 import contextlib
 import contextvars
 import json
+import os
 import shutil
+import signal
+import sys
 import uuid
-from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiohttp
 import pytest
+from aiohttp import web
 from soudan_allinone.testing import Stack, running_fake_platform, start_stack
+from soudan_dispatch.line import retry_key
 from soudan_dispatch.sending import SENT
-from soudan_fakeline import new_user_id
+from soudan_fakeline import new_user_id, running_fakeline
 from soudan_fakeline.platform import default_rate_limits
 from soudan_shared import fact_types as F
-from soudan_shared.bus import REASON_HEADER, RetryPolicy
+from soudan_shared.bus import REASON_HEADER, Bus, RetryPolicy
 from soudan_shared.config import load_config
+from soudan_shared.contracts import Fact, LineEventReceived, SendText, stable_id
 from soudan_shared.records import CASES, MESSAGES, USERS, incoming_message_id
+from soudan_shared.runtime import BUS
 from soudan_shared.store import open_store
 from soudan_shared.testing.ledger import Ledger
 from soudan_shared.testing.plugin import BrokerControl, delete_topology, with_database
-from soudan_shared.testing.proxy import TcpProxy
+from soudan_shared.testing.proxy import TcpProxy, free_port
 from soudan_shared.testing.waiting import wait_until
 from soudan_shared.topology import (
     BROADCAST_QUEUE,
@@ -55,7 +66,12 @@ from soudan_shared.topology import (
     line_event_queue,
 )
 from soudan_triage.app import TRIAGE
+from soudan_triage.app import create_app as create_triage
+from soudan_triage.plan import Plan
+from soudan_triage.service import Triage
+from soudan_triage.settings import TriageSettings
 from soudan_triage.store import EVENTS as TRIAGE_EVENTS
+from soudan_triage.store import TriageStore
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(60)]
 
@@ -329,22 +345,31 @@ async def test_webhooks_are_503_while_the_broker_is_down_and_each_is_handled_onc
     await _check_every_event_once(students, users)
 
 
-# -- a crash after the store write, before the ack --------------------------------------------
+# -- a failure or a kill after the store write, before the ack ---------------------------------
 
 
-async def test_a_triage_killed_after_storing_before_the_ack_adds_nothing_twice_on_redelivery(
+def _a_text_and_two_questions_each(
+    stack: Stack, users: int = 4
+) -> tuple[Students, list[str], list[list[dict[str, Any]]]]:
+    """Out of hours, four students each write a text and ask for the policy twice."""
+    stack.at(stack.closed_moment())
+    students = Students(stack)
+    ids = [new_user_id() for _ in range(users)]
+    events = [
+        [students.text(u, "きいてほしい"), students.ask_policy(u), students.ask_policy(u)]
+        for u in ids
+    ]
+    return students, ids, events
+
+
+async def test_a_triage_failing_after_storing_before_the_ack_adds_nothing_twice_when_retried(
     rig: Rig,
 ) -> None:
     stack = rig.stack
-    stack.at(stack.closed_moment())
-    students = Students(stack)
-    users = [new_user_id() for _ in range(4)]
-    events = [
-        [students.text(u, "きいてほしい"), students.ask_policy(u), students.ask_policy(u)]
-        for u in users
-    ]
-    # A kill, as the broker sees it: the handler fails after its store write, on every
-    # in-process retry, so the message is never acked and the broker delivers it again. Each
+    students, users, events = _a_text_and_two_questions_each(stack)
+    # A failure, not a kill (the next tests kill): the handler fails after its store write, on
+    # every in-process retry, so the same live instance requeues the message unacked and the
+    # broker delivers it again (to that instance, which kept running). Each
     # student's text and first question die right after their effects are stored (case,
     # message, plan; nothing published yet), the second question after being marked done
     # (commands published).
@@ -399,6 +424,369 @@ async def test_a_triage_killed_after_storing_before_the_ack_adds_nothing_twice_o
     for user in users:
         assert students.policy_deliveries(user) == 2
         assert len(await stack.facts(F.REPLY_SENT, user_id=user)) == 3
+
+
+CURRENT_TRIAGE: contextvars.ContextVar[Triage] = contextvars.ContextVar("current_triage")
+
+
+@dataclass
+class KillPoint:
+    """Where an instance dies: right after the store write ``after`` (``apply``: the event's
+    effects stored, nothing published; ``mark_done``: its commands and facts published, the
+    event marked done) of the first of ``events`` to get there, before the ack."""
+
+    after: str
+    events: set[str]
+    killed: str | None = None  # the event it died on
+
+
+class TriageKiller:
+    """Triage instances killed as the broker sees a killed process, each replaced by a fresh one.
+
+    A doomed instance reaches the broker through a proxy of its own. At its kill point, with no
+    await in between: the instance is marked dead (its handler starts nothing more), its other
+    deliveries in flight are cancelled, and its proxy stops, aborting both TCP legs (no AMQP
+    close, no ack, no publish; nothing listens there, so it cannot reconnect); the delivery that
+    reached the point stops right there. The dead app is then shut down (nothing it does can
+    reach the broker any more) and a fresh instance started on the same store, which outlives
+    the process as MongoDB would; the broker redelivers everything left unacked.
+    """
+
+    def __init__(
+        self, stack: Stack, broker: BrokerControl, ledger: Ledger, points: list[KillPoint]
+    ) -> None:
+        self.stack = stack
+        self.broker = broker
+        self.ledger = ledger
+        self.points = list(points)  # still to come, in order
+        self.dead: set[Triage] = set()
+        self.in_flight: dict[Triage, set[asyncio.Task[Any]]] = defaultdict(set)
+        self.proxy: TcpProxy | None = None
+        self.died = asyncio.Event()
+        self.refused = 0  # deliveries a dead instance had already read from its socket
+
+    @contextlib.contextmanager
+    def patched(self) -> Iterator[None]:
+        """Every triage instance, from its first delivery: counted (``consumed``), killable."""
+        handle, apply, mark_done = Triage.handle, TriageStore.apply, TriageStore.mark_done
+
+        async def counted_handle(triage: Triage, event: LineEventReceived) -> None:
+            if triage in self.dead:
+                self.refused += 1
+                raise asyncio.CancelledError  # a dead process runs nothing
+            self.ledger.consumed[event.webhook_event_id] += 1
+            CURRENT_EVENT.set(event.webhook_event_id)
+            CURRENT_TRIAGE.set(triage)
+            task = asyncio.current_task()
+            assert task is not None
+            self.in_flight[triage].add(task)
+            try:
+                await handle(triage, event)
+            finally:
+                self.in_flight[triage].discard(task)
+
+        async def apply_or_die(store: TriageStore, plan: Plan, *, guard_case: bool = True) -> bool:
+            applied: bool = await apply(store, plan, guard_case=guard_case)
+            await self._point("apply")
+            return applied
+
+        async def mark_done_or_die(store: TriageStore, event_id: str) -> None:
+            await mark_done(store, event_id)
+            await self._point("mark_done")
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(Triage, "handle", counted_handle)
+            patch.setattr(TriageStore, "apply", apply_or_die)
+            patch.setattr(TriageStore, "mark_done", mark_done_or_die)
+            yield
+
+    async def _point(self, after: str) -> None:
+        triage, event_id = CURRENT_TRIAGE.get(None), CURRENT_EVENT.get(None)
+        if not self.points or triage is None or triage in self.dead:
+            return
+        point = self.points[0]
+        if point.after != after or event_id not in point.events:
+            return
+        self.points.pop(0)
+        point.killed = event_id
+        self.dead.add(triage)
+        this = asyncio.current_task()
+        for task in self.in_flight[triage]:
+            if task is not this:
+                task.cancel()
+        assert self.proxy is not None
+        await self.proxy.stop()  # aborts every connection before its first await
+        self.died.set()
+        raise asyncio.CancelledError  # killed here: after the store write, before the ack
+
+    async def _start(self) -> None:
+        """A fresh instance: doomed (through its own proxy) while kill points remain, else the
+        stack's usual one (through the rig's proxy), left running for the next tests."""
+        doomed = bool(self.points)
+        settings = TriageSettings()
+        if doomed:
+            self.proxy = TcpProxy(self.broker.host, self.broker.port)
+            await self.proxy.start()
+            settings = TriageSettings(rabbitmq_url=self.broker.url_via(self.proxy.port))
+        self.died.clear()
+        app = create_triage(settings, clock=self.stack.now)
+        # A doomed instance may die on its backlog before it would answer ready.
+        await self.stack.start_service("triage", app, wait_ready=not doomed)
+
+    async def run(self) -> None:
+        """Start, kill and replace instances until every kill point is used; then the usual."""
+        while self.points:
+            await self._start()
+            await asyncio.wait_for(self.died.wait(), 20)
+            app = self.stack.apps["triage"]
+            assert app[TRIAGE] in self.dead
+
+            def quiet(app: web.Application = app) -> bool:
+                return not app[BUS].is_ready and not self.in_flight[app[TRIAGE]]
+
+            await wait_until(quiet, message="the killed instance cut off, its tasks ended")
+            await self.stack.stop_service("triage")  # its port freed; it reaches nothing
+            self.proxy = None  # stopped at the kill
+        await self._start()
+
+    async def restore(self) -> None:
+        """After a failure too, leave the stack's usual triage instance running."""
+        self.points.clear()
+        if self.proxy is not None:  # a doomed instance, dead or not, is still the stack's
+            if "triage" in self.stack.runners:
+                await self.stack.stop_service("triage")
+            await self.proxy.stop()
+            self.proxy = None
+        if "triage" not in self.stack.runners:
+            await self._start()
+
+
+async def test_a_triage_killed_after_storing_before_the_ack_adds_nothing_twice_on_redelivery(
+    rig: Rig, broker: BrokerControl
+) -> None:
+    stack = rig.stack
+    students, users, events = _a_text_and_two_questions_each(stack)
+    # Two kills, each of a whole instance: the first dies right after storing the effects of
+    # a text or a first question (case, message, plan; nothing published), its successor right
+    # after marking a second question done (its policy text already published to dispatch).
+    points = [
+        KillPoint("apply", {e[i]["webhookEventId"] for e in events for i in (0, 1)}),
+        KillPoint("mark_done", {e[2]["webhookEventId"] for e in events}),
+    ]
+    killer = TriageKiller(stack, broker, students.ledger, points)
+
+    with killer.patched():
+        await stack.stop_service("triage")  # the events wait in the broker meanwhile
+        try:
+            for user_events in events:
+                await students.deliver(user_events)
+            await killer.run()
+        finally:
+            await killer.restore()
+        await wait_until(students.settled, timeout=30, message="every event handled")
+
+    for point in points:  # handled by the instance that died, then by a fresh one
+        assert point.killed is not None, point
+        assert students.ledger.consumed[point.killed] >= 2, (point, students.ledger.consumed)
+    assert students.ledger.redeliveries >= 2
+    await students.count_effects()
+    print(students.ledger.summary(), f"refused_by_the_dead={killer.refused}")
+    students.assert_clean()
+    await students.assert_once_per_user()
+    for user in users:
+        assert students.policy_deliveries(user) == 2
+
+        async def recorded(user: str = user) -> list[dict[str, Any]] | None:
+            sent = await stack.facts(F.REPLY_SENT, user_id=user)
+            return sent if len(sent) >= 3 else None
+
+        sent = await wait_until(recorded, message="reply.sent recorded")
+        assert len(sent) == 3, sent  # one per command: the recorder keeps a fact id once
+
+
+# -- dispatch, a real process, killed (SIGKILL) while LINE holds its answers -------------------
+
+DISPATCH = Path(sys.executable).parent / "soudan-dispatch"
+# LINE holds the answer to each user's first push at most this long (released after the kill),
+# under dispatch's request timeout, so the first process never tries again before it is killed.
+HOLD = 20.0
+DISPATCH_LINE_TIMEOUT = 30.0
+
+
+async def _answers_200(url: str) -> bool:
+    try:
+        async with aiohttp.ClientSession() as http, http.get(url) as response:
+            return response.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+@contextlib.asynccontextmanager
+async def _dispatch_processes(env: dict[str, str], log: Path) -> AsyncIterator[Callable[[], Any]]:
+    """Start ``soudan-dispatch`` processes (each ready, its own memory store) with ``start()``;
+    any still running at the end is stopped."""
+    processes: list[asyncio.subprocess.Process] = []
+
+    async def start() -> asyncio.subprocess.Process:
+        port = free_port()
+        with log.open("ab") as out:
+            process = await asyncio.create_subprocess_exec(
+                str(DISPATCH),
+                env={**env, "DISPATCH_PORT": str(port)},
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        processes.append(process)
+
+        async def ready() -> bool:
+            assert process.returncode is None, f"soudan-dispatch exited: see {log}"
+            return await _answers_200(f"http://127.0.0.1:{port}/readyz")
+
+        await wait_until(ready, timeout=30, message="soudan-dispatch ready")
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.terminate()
+                try:
+                    await asyncio.wait_for(process.wait(), 15)
+                except TimeoutError:
+                    process.kill()
+                    await process.wait()
+
+
+async def test_a_dispatch_killed_while_line_holds_its_pushes_sends_each_text_once_after_restart(
+    rabbitmq_url: str,
+    topology: Topology,
+    make_bus: Callable[..., Bus],
+    raw_channel: aio_pika.abc.AbstractChannel,
+    tmp_path: Path,
+) -> None:
+    # Counselors' replies are pushes with a retry key (the command's id). The first process is
+    # killed while LINE holds the answers to pushes it already delivered; the second, with an
+    # empty store, pushes them again: LINE answers 409 and each counts as sent. Reply-token
+    # sends are not tested here: a token is single-use and has no retry key, so after a kill
+    # that loses the store a reply the student already got fails 400 and is pushed (a
+    # duplicate); with the store kept, ``reply_tried_at`` makes that 400 count as sent while
+    # the token is under 50 s old (``soudan_dispatch.sending``).
+    users = [new_user_id() for _ in range(4)]
+    ledger = Ledger()
+    commands: dict[str, SendText] = {}
+    facts: list[Fact] = []
+
+    def announced(process: asyncio.subprocess.Process) -> bool:
+        return any(f.type == F.SERVICE_STARTED and f.data["pid"] == process.pid for f in facts)
+
+    watcher = make_bus("fact-watcher")  # reporting's place: every fact on this namespace
+
+    async def keep(fact: Fact) -> None:
+        facts.append(fact)
+
+    watcher.consume(FACTS_QUEUE, Fact, keep)
+    console = make_bus("console")
+    for bus in (watcher, console):
+        bus.start()
+        await bus.wait_started(10)
+
+    async def reply(user: str, n: int) -> None:
+        """A counselor's reply, published as the console does (no reply token: a push)."""
+        command = SendText(
+            to=user,
+            texts=[f"せんせいより {n}"],
+            purpose="counselor_reply",
+            case_id=f"case-{user[-6:]}",
+            staff_id="staff-1",
+        )
+        commands[command.id] = command
+        ledger.published.add(command.id)
+        await console.publish(command)
+        ledger.confirmed.add(command.id)
+
+    async with running_fakeline(SECRET, [TOKEN]) as line:
+        fake = line.fake
+        env = {
+            **os.environ,
+            "RABBITMQ_URL": rabbitmq_url,
+            "BUS_NAMESPACE": topology.namespace,
+            "MONGODB_URL": "memory:///dispatch",  # in the process: lost with it
+            "LOG_HASH_KEY": "test-hash-key",
+            "LINE_CHANNEL_ACCESS_TOKEN": TOKEN,
+            "LINE_API_BASE_URL": line.url,
+            "LINE_REQUEST_TIMEOUT": str(DISPATCH_LINE_TIMEOUT),
+            "SEND_BACKOFF_SECONDS": "0.02",
+            "BROADCAST_SCHEDULE": "false",
+            "SOUDAN_CONFIG_DIR": str(SHIPPED_CONFIG),
+        }
+        async with _dispatch_processes(env, tmp_path / "dispatch.log") as start_dispatch:
+            first = await start_dispatch()
+            await wait_until(lambda: announced(first), message="the first process announced")
+            # Each user's first push is delivered, its answer held; the second waits behind it
+            # (one user's commands go one at a time).
+            fake.inject("push", status=0, hold=HOLD, times=len(users))
+            for n in (1, 2):
+                for user in users:
+                    await reply(user, n)
+            await wait_until(lambda: fake.held == len(users), message="every first push held")
+            assert all(fake.texts(u) == ["せんせいより 1"] for u in users)
+
+            first.send_signal(signal.SIGKILL)  # its store (the sent records) dies with it
+            assert await asyncio.wait_for(first.wait(), 10) == -signal.SIGKILL
+            fake.release_held()  # answered to nobody
+            assert fake.faults == []
+            for user in users:  # sent while dispatch is down: they wait in the queue
+                await reply(user, 3)
+
+            second = await start_dispatch()  # a fresh process, an empty store
+
+            def all_sent() -> bool:
+                done = {f.data["command_id"] for f in facts if f.type == F.REPLY_SENT}
+                return done >= set(commands)
+
+            await wait_until(all_sent, timeout=30, message="reply.sent for every command")
+            await wait_until(lambda: announced(second), message="the second process announced")
+            stopped = [f for f in facts if f.type == F.SERVICE_STOPPED]
+
+    keys = {retry_key(command_id): command_id for command_id in commands}
+    for request in fake.requests_to("push"):  # every push a dispatch made for a command
+        ledger.consumed[keys.get(str(request.retry_key), "?")] += 1
+    for delivery in fake.deliveries:  # the effect: a text at the student
+        ledger.applied[keys.get(str(delivery.retry_key), f"unknown:{delivery.request_id}")] += 1
+    print(ledger.summary())
+    assert ledger.confirmed == ledger.published
+    assert ledger.lost == set(), ledger.summary()
+    assert ledger.unexpected == set(), ledger.summary()
+    assert ledger.duplicate_effects == set(), ledger.summary()
+    assert ledger.redeliveries == len(users), ledger.consumed  # only the held pushes, again
+    for user in users:
+        assert fake.texts(user) == [f"せんせいより {n}" for n in (1, 2, 3)]
+        first_push = next(c for c in commands.values() if c.to == user)
+        statuses = [
+            r.status for r in fake.requests_to("push") if r.retry_key == retry_key(first_push.id)
+        ]
+        assert statuses == [200, 409], statuses  # delivered (answer held), then "already accepted"
+
+    # Facts: one reply.sent per command, under the id derived from the command. A kill after
+    # the fact was published and before the ack may legitimately publish it again, under the
+    # same id (the recorder keeps one); here the first process died before any answer, so each
+    # came once, from the second, a 409 counting as sent with the request id that delivered it.
+    sent: dict[str, list[Fact]] = defaultdict(list)
+    for fact in facts:
+        if fact.type == F.REPLY_SENT:
+            sent[fact.data["command_id"]].append(fact)
+    delivered_by = {keys[str(d.retry_key)]: d.request_id for d in fake.deliveries}
+    for command_id, found in sent.items():
+        assert [f.id for f in found] == [stable_id(F.REPLY_SENT, command_id)], found
+        assert found[0].data["method"] == "push"
+        assert found[0].data["request_id"] == delivered_by[command_id]
+    assert not [f for f in facts if f.type in (F.REPLY_FAILED, F.LINE_API_ERROR)]
+    assert stopped == [], "the first was killed: it never said it stopped"
+    dead_letters = await raw_channel.declare_queue(
+        topology.dead_letter_queue(SEND_TEXT_QUEUE), passive=True
+    )
+    assert dead_letters.declaration_result.message_count == 0
 
 
 # -- LINE failing in bursts --------------------------------------------------------------------

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -56,6 +57,21 @@ class Stack:
     hours: Hours
     reporting_settings: ReportingSettings
     apps: dict[str, web.Application] = field(default_factory=dict)
+    runners: dict[str, web.AppRunner] = field(default_factory=dict)
+
+    async def stop_service(self, name: str) -> None:
+        """Shut service ``name``'s instance down (its app's cleanup), freeing its port."""
+        await self.runners.pop(name).cleanup()
+
+    async def start_service(
+        self, name: str, app: web.Application, *, wait_ready: bool = True
+    ) -> None:
+        """Serve ``app`` as a new instance of service ``name`` on its port (ready, by default)."""
+        url = self.urls[name]
+        self.runners[name] = await start_site(app, urlsplit(url).port or 0, HOST)
+        self.apps[name] = app
+        if wait_ready:
+            await wait_until(lambda: _ready(url), timeout=30, message=f"{name} ready")
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.line.fake.now(), UTC)
@@ -168,12 +184,12 @@ async def start_stack(
         "console": create_console(console_settings, tick=0.5),
         "reporting": create_reporting(reporting_settings),
     }
-    runners: list[web.AppRunner] = []
+    runners: dict[str, web.AppRunner] = {}
     urls: dict[str, str] = {}
     try:
         for name, app in apps.items():
             port = free_port()
-            runners.append(await start_site(app, port, HOST))
+            runners[name] = await start_site(app, port, HOST)
             urls[name] = f"http://{HOST}:{port}"
         for name, url in urls.items():
             await wait_until(lambda u=url: _ready(u), timeout=30, message=f"{name} ready")
@@ -191,8 +207,9 @@ async def start_stack(
             hours=Hours(load_config(config_dir).hours),
             reporting_settings=reporting_settings,
             apps=apps,
+            runners=runners,
         )
     finally:
-        for runner in reversed(runners):
+        for runner in reversed(list(runners.values())):
             with contextlib.suppress(Exception):
                 await runner.cleanup()
