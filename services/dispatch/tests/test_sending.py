@@ -132,6 +132,27 @@ async def test_a_reply_whose_answer_was_lost_is_not_pushed_again(
     assert line.fake.texts(user) == ["返事"]
 
 
+async def test_a_reply_tried_before_a_crash_and_back_too_late_is_pushed_and_flagged(
+    dispatch: Dispatch, line: FakeLineServer, publisher: Bus, facts: FactLog, db: Any
+) -> None:
+    # A dispatch died after trying the reply (its record says so) and the command comes back
+    # after the token's window: whether the first try reached the student cannot be known, so
+    # the text is pushed (never lost) and reply.sent says it may have arrived twice.
+    user = new_user_id()
+    token = line.fake.issue_reply_token(user)
+    command = _send(user, "おそくなってごめんね", token=token, age=120)
+    await db[SENT].insert_one({"_id": command.id, "reply_tried_at": utcnow(), "to": user})
+    await publisher.publish(command)
+    fact = await _sent_fact(facts, command)
+    assert fact.data["method"] == "push"
+    assert "twice" in fact.data["note"]
+    assert line.fake.texts(user) == ["おそくなってごめんね"]
+    # Without an earlier try, the same late command is an ordinary push.
+    other = _send(new_user_id(), "ふつうのプッシュ", token=token, age=120)
+    await publisher.publish(other)
+    assert (await _sent_fact(facts, other)).data["note"] is None
+
+
 async def test_429_is_retried_with_backoff_until_sent(
     dispatch: Dispatch, line: FakeLineServer, publisher: Bus, facts: FactLog
 ) -> None:

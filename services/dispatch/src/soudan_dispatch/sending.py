@@ -25,8 +25,10 @@ At most once, across redeliveries and crashes
       timeout on the reply, or ``reply_tried_at`` from a previous delivery) and the token is still
       young enough that it cannot have expired, that 400 means our earlier try used it: the
       message counts as sent by reply and is not pushed again. Only when the token is too old to
-      tell (the process was down past its minute) is the message pushed, and the student may then
-      see it twice: a duplicate is preferred to a lost answer.
+      tell (the command came back after ``REPLY_TOKEN_MAX_AGE``, e.g. the process was down that
+      long) is the message pushed, and the student may then see it twice: a duplicate is
+      preferred to a lost answer. ``reply.sent`` then says so (``note``), so the possible
+      duplicate can be counted.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, NoReturn
 
@@ -55,6 +57,8 @@ INDEXES = (IndexSpec(SENT, (("sent_at", 1),), name="sent_at"),)
 
 # A reply token LINE certainly still honours: a 400 for it then means it was used.
 REPLY_TOKEN_SURE_VALID = 55.0
+# The note of a push that follows a reply tried earlier, which may have reached the student.
+MAYBE_TWICE = "pushed after an earlier reply try: may have been received twice"
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,7 @@ class Sender:
                 "request_id": record.get("request_id"),
                 "messages": len(command.texts),
                 "command_id": command.id,
+                "note": record.get("note"),
             },
             cause=command.id,
             correlation_id=command.correlation_id,
@@ -176,8 +181,8 @@ class Sender:
     async def _send(self, command: SendText, record: dict[str, Any] | None) -> Outcome:
         attempts = 0
         age = self._token_age(command)
+        tried_before = record is not None and record.get("reply_tried_at") is not None
         if command.reply_token and (age is None or age < self.reply_token_max_age):
-            tried_before = record is not None and record.get("reply_tried_at") is not None
             await self.sent.update_one(
                 {"_id": command.id},
                 {"$set": {"reply_tried_at": self.clock(), "to": command.to}},
@@ -186,6 +191,9 @@ class Sender:
             outcome, attempts = await self._reply(command, tried_before)
             if outcome is not None:
                 return outcome
+        elif tried_before:
+            pushed = await self._push(command, attempts)
+            return replace(pushed, note=pushed.note or MAYBE_TWICE)
         return await self._push(command, attempts)
 
     async def _reply(self, command: SendText, tried_before: bool) -> tuple[Outcome | None, int]:
