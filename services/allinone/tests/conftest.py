@@ -12,19 +12,15 @@ import contextlib
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from email import message_from_bytes, policy
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
-from argon2 import PasswordHasher
 from soudan_allinone.testing import Stack, running_fake_platform, start_stack
-from soudan_console.security import use_hasher
+from soudan_console.testing import launched_chromium, use_cheap_password_hashing
 from soudan_shared.store import open_store
 from soudan_shared.testing.plugin import delete_topology, with_database
-from soudan_shared.testing.proxy import free_port
+from soudan_shared.testing.smtp import Inbox, running_smtp
 from soudan_shared.topology import Topology
 
 SHIPPED_CONFIG = Path(__file__).resolve().parents[3] / "deploy" / "config"
@@ -34,33 +30,13 @@ TOKEN = "e2e-access-token"
 
 @pytest.fixture(autouse=True, scope="session")
 def cheap_password_hashing() -> None:
-    """argon2id still, with small parameters: the production ones cost ~0.3 s a hash here."""
-    use_hasher(PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1))
-
-
-class Inbox:
-    """An SMTP server's mailbox (aiosmtpd handler)."""
-
-    def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        parsed = message_from_bytes(envelope.original_content, policy=policy.default)
-        assert isinstance(parsed, EmailMessage)
-        self.messages.append(parsed)
-        return "250 OK"
+    use_cheap_password_hashing()
 
 
 @pytest.fixture(scope="module")
 def smtp_inbox() -> Iterator[tuple[Inbox, int]]:
-    inbox = Inbox()
-    port = free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield inbox, port
-    finally:
-        controller.stop()
+    with running_smtp() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -109,23 +85,12 @@ async def stack(
 
 # -- the browser (for the counselor's reply typed in the console) ----------------------------
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-sync"]
-
 
 @pytest.fixture(scope="session")
 async def browser() -> AsyncIterator[Any]:
     """One headless Chromium for the whole run (Debian's, at /usr/bin/chromium)."""
-    if not Path(CHROMIUM).exists():  # noqa: ASYNC240 - once per run
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium")
-    from playwright.async_api import async_playwright
-
-    playwright = await async_playwright().start()
-    chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-    yield chromium
-    with contextlib.suppress(Exception):
-        await chromium.close()
-    await playwright.stop()
+    async with launched_chromium() as chromium:
+        yield chromium
 
 
 @pytest.fixture

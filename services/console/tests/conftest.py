@@ -6,69 +6,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
-from email import message_from_bytes, policy
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiosmtpd.controller import Controller
-from argon2 import PasswordHasher
 from soudan_console.app import create_app
-from soudan_console.security import use_hasher
 from soudan_console.settings import ConsoleSettings
-from soudan_console.testing import RunningConsole
+from soudan_console.testing import RunningConsole, launched_chromium, use_cheap_password_hashing
 from soudan_shared.bus import Bus
 from soudan_shared.contracts import Fact
 from soudan_shared.runtime import start_site
 from soudan_shared.store import Store
 from soudan_shared.testing.proxy import free_port
+from soudan_shared.testing.smtp import Inbox, running_smtp
 from soudan_shared.testing.waiting import wait_until
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(autouse=True, scope="session")
 def cheap_password_hashing() -> None:
-    """argon2id still, with small parameters: the production ones cost ~0.3 s a hash here."""
-    use_hasher(PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1))
+    use_cheap_password_hashing()
 
 
 # -- SMTP ---------------------------------------------------------------------------------------
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
-        self.envelopes: list[Any] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.envelopes.append(envelope)
-        parsed = message_from_bytes(envelope.original_content, policy=policy.default)
-        assert isinstance(parsed, EmailMessage)
-        self.messages.append(parsed)
-        return "250 OK"
-
-
 @pytest.fixture
 def smtp_server() -> Iterator[tuple[Inbox, int]]:
-    inbox = Inbox()
-    port = free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield inbox, port
-    finally:
-        controller.stop()
+    with running_smtp() as server:
+        yield server
 
 
 # -- the console ------------------------------------------------------------------------------
@@ -139,16 +105,8 @@ async def fact_bus(make_bus: Callable[..., Bus]) -> Bus:
 @pytest.fixture(scope="session")
 async def browser() -> AsyncIterator[Any]:
     """One headless Chromium for the whole run (Debian's, at /usr/bin/chromium)."""
-    if not Path(CHROMIUM).exists():  # noqa: ASYNC240 - once per run
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium")
-    from playwright.async_api import async_playwright
-
-    playwright = await async_playwright().start()
-    chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-    yield chromium
-    with contextlib.suppress(Exception):
-        await chromium.close()
-    await playwright.stop()
+    async with launched_chromium() as chromium:
+        yield chromium
 
 
 COUNT_BEEPS = """

@@ -41,21 +41,17 @@ from soudan_console.app import create_app  # noqa: E402
 from soudan_console.domain import CANNED, Canned  # noqa: E402
 from soudan_console.settings import ConsoleSettings  # noqa: E402
 from soudan_console.staff import all_staff  # noqa: E402
-from soudan_console.testing import RunningConsole, login, seed_case  # noqa: E402
+from soudan_console.testing import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    RunningConsole,
+    login,
+    seed_case,
+)
 from soudan_console.web import CONSOLE  # noqa: E402
 from soudan_shared.runtime import STORE, setup_logging, start_site  # noqa: E402
 from soudan_shared.testing.plugin import delete_topology  # noqa: E402
 from soudan_shared.topology import Topology  # noqa: E402
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--lang=ja-JP",
-]
 
 
 class Sink:
@@ -189,9 +185,7 @@ async def main() -> None:
         email, case_id, emergency_id = await seed(running)
         OUT.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before the browser
         async with async_playwright() as p:
-            browser = await p.chromium.launch(
-                executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-            )
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             context = await browser.new_context(
                 locale="ja-JP", viewport={"width": 1366, "height": 768}, device_scale_factor=1
             )

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+from argon2 import PasswordHasher
 from soudan_shared.contracts import Fact, new_id, utcnow
 from soudan_shared.records import CASES, MESSAGES, USERS, Case, StoredMessage, User
 from soudan_shared.store import Store
@@ -14,11 +18,42 @@ from soudan_shared.testing.waiting import wait_until
 
 from soudan_console.core import Console
 from soudan_console.domain import STAFF, Staff
+from soudan_console.security import use_hasher
 from soudan_console.settings import ConsoleSettings
 from soudan_console.staff import create_staff
 from soudan_console.web import CONSOLE
 
 PASSWORD = "sakura-tsuki-hoshi-42"  # noqa: S105 - test accounts only
+CHROMIUM = "/usr/bin/chromium"  # Debian's; `playwright install` cannot run here
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--lang=ja-JP",
+]
+
+
+def use_cheap_password_hashing() -> None:
+    """argon2id still, with small parameters: the production ones cost ~0.3 s a hash here."""
+    use_hasher(PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1))
+
+
+@asynccontextmanager
+async def launched_chromium() -> AsyncIterator[Any]:
+    """Headless Chromium driven by Playwright, closed at the end of the block."""
+    if not Path(CHROMIUM).exists():  # noqa: ASYNC240 - once per browser
+        raise RuntimeError(f"{CHROMIUM} is missing: apt-get install chromium")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
 
 
 @dataclass
