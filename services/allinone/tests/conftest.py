@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from soudan_allinone.testing import Stack, running_fake_platform, start_stack
+from soudan_allinone.testing import Stack, running_fake_platform, stack_env, start_stack
 from soudan_console.testing import launched_chromium, use_cheap_password_hashing
 from soudan_shared.store import open_store
 from soudan_shared.testing.plugin import delete_topology, with_database
@@ -52,21 +52,16 @@ async def stack(
     config_dir = base / "config"
     shutil.copytree(SHIPPED_CONFIG, config_dir)
     inbox, smtp_port = smtp_inbox
-    env = {
-        "RABBITMQ_URL": rabbitmq_url,
-        "MONGODB_URL": with_database(mongodb_url, database),
-        "BUS_NAMESPACE": topology.namespace,
-        "LOG_HASH_KEY": "test-hash-key",
-        "LINE_CHANNEL_SECRET": SECRET,
-        "LINE_CHANNEL_ACCESS_TOKEN": TOKEN,
-        "SOUDAN_CONFIG_DIR": str(config_dir),
-        "SMTP_HOST": "127.0.0.1",
-        "SMTP_PORT": str(smtp_port),
-        "SMTP_STARTTLS": "false",
-        "EMERGENCY_RECIPIENTS": "section@example.jp",
-        "REPORT_RECIPIENTS": "section@example.jp",
-        "REPORTS_DIR": str(base / "reports"),
-    }
+    env = stack_env(
+        rabbitmq_url=rabbitmq_url,
+        mongodb_url=with_database(mongodb_url, database),
+        namespace=topology.namespace,
+        config_dir=config_dir,
+        smtp_port=smtp_port,
+        reports_dir=base / "reports",
+        secret=SECRET,
+        token=TOKEN,
+    )
     store = await open_store(env["MONGODB_URL"], database=database)
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():

@@ -42,7 +42,7 @@ import aio_pika
 import aiohttp
 import pytest
 from aiohttp import web
-from soudan_allinone.testing import Stack, running_fake_platform, start_stack
+from soudan_allinone.testing import Stack, running_fake_platform, stack_env, start_stack
 from soudan_dispatch.line import retry_key
 from soudan_dispatch.sending import SENT
 from soudan_fakeline import new_user_id, running_fakeline
@@ -105,22 +105,17 @@ async def rig(
     config_dir = base / "config"
     shutil.copytree(SHIPPED_CONFIG, config_dir)
     inbox, smtp_port = smtp_inbox
-    env = {
-        "RABBITMQ_URL": rabbitmq_url,
-        "MONGODB_URL": with_database(mongodb_url, database),
-        "BUS_NAMESPACE": topology.namespace,
-        "LOG_HASH_KEY": "test-hash-key",
-        "LINE_CHANNEL_SECRET": SECRET,
-        "LINE_CHANNEL_ACCESS_TOKEN": TOKEN,
-        "LINE_REQUEST_TIMEOUT": str(LINE_TIMEOUT),
-        "SOUDAN_CONFIG_DIR": str(config_dir),
-        "SMTP_HOST": "127.0.0.1",
-        "SMTP_PORT": str(smtp_port),
-        "SMTP_STARTTLS": "false",
-        "EMERGENCY_RECIPIENTS": "section@example.jp",
-        "REPORT_RECIPIENTS": "section@example.jp",
-        "REPORTS_DIR": str(base / "reports"),
-    }
+    env = stack_env(
+        rabbitmq_url=rabbitmq_url,
+        mongodb_url=with_database(mongodb_url, database),
+        namespace=topology.namespace,
+        config_dir=config_dir,
+        smtp_port=smtp_port,
+        reports_dir=base / "reports",
+        secret=SECRET,
+        token=TOKEN,
+    )
+    env["LINE_REQUEST_TIMEOUT"] = str(LINE_TIMEOUT)
     proxy = TcpProxy(broker.host, broker.port)
     await proxy.start()
     env["RABBITMQ_URL"] = broker.url_via(proxy.port)

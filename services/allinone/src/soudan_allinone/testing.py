@@ -155,6 +155,35 @@ async def running_fake_platform(
         await runner.cleanup()
 
 
+def stack_env(
+    *,
+    rabbitmq_url: str,
+    mongodb_url: str,
+    namespace: str,
+    config_dir: Path,
+    smtp_port: int,
+    reports_dir: Path,
+    secret: str,
+    token: str,
+) -> dict[str, str]:
+    """The environment the five services of a test stack read their settings from."""
+    return {
+        "RABBITMQ_URL": rabbitmq_url,
+        "MONGODB_URL": mongodb_url,
+        "BUS_NAMESPACE": namespace,
+        "LOG_HASH_KEY": "test-hash-key",
+        "LINE_CHANNEL_SECRET": secret,
+        "LINE_CHANNEL_ACCESS_TOKEN": token,
+        "SOUDAN_CONFIG_DIR": str(config_dir),
+        "SMTP_HOST": HOST,
+        "SMTP_PORT": str(smtp_port),
+        "SMTP_STARTTLS": "false",
+        "EMERGENCY_RECIPIENTS": "section@example.jp",
+        "REPORT_RECIPIENTS": "section@example.jp",
+        "REPORTS_DIR": str(reports_dir),
+    }
+
+
 @contextlib.asynccontextmanager
 async def start_stack(
     line: FakeLineServer,
