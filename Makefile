@@ -10,7 +10,7 @@ MEMBERS := shared services/ingress services/triage services/dispatch services/co
            services/reporting services/allinone tools/fakeline
 PYPROJECTS := pyproject.toml $(addsuffix /pyproject.toml,$(MEMBERS))
 
-.PHONY: install test test-unit lint format lock up down logs run demo clean
+.PHONY: install test test-unit lint format lock up down logs run demo bench bench-e2e clean
 
 install: $(VENV)/.installed
 
@@ -76,6 +76,20 @@ run: install
 # 127.0.0.1:5672; see README: "Demo").
 demo: install
 	$(VENV)/bin/soudan-demo
+
+# The benchmarks of docs/BENCHMARKS.md, one after another in one sitting (needs RabbitMQ at
+# RABBITMQ_URL, wrk from Debian for the webhook's throughput; MONGODB_URL for a real store).
+# Each prints JSON lines; docs/BENCHMARKS.md says what each figure means.
+BENCH_ENV = RABBITMQ_URL=$${RABBITMQ_URL:-amqp://guest:guest@127.0.0.1:5672/}
+bench: install
+	$(BENCH_ENV) $(VENV)/bin/python bench/ingress_webhook.py --runs 3 --duration 6
+	$(VENV)/bin/python bench/triage_detector.py
+	$(BENCH_ENV) $(VENV)/bin/python bench/dispatch_broadcast.py --runs 5
+
+# The whole service: webhook to auto-reply at 100, 300 and 500 messages/s, urgent to the top of
+# the queue, memory (several minutes; longer once a rate saturates the machine).
+bench-e2e: install
+	$(BENCH_ENV) $(VENV)/bin/python bench/e2e_latency.py --duration 10
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
