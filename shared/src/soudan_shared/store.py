@@ -6,6 +6,8 @@ start-up; :meth:`Store.close` closes the client on shutdown.
 
 ``memory://`` selects :class:`MemoryClient`, a thin async face on mongomock. It implements only
 the operations the project uses; store code keeps to what mongomock and a real MongoDB agree on.
+Its collections answer equality lookups on ``_id`` and on the first field of each created index
+from hash indexes instead of scanning (:mod:`soudan_shared.memory_index`), with the same results.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import mongomock
+import mongomock.collection
 import structlog
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure
+
+from soudan_shared.memory_index import cursor_documents, indexed_client, indexed_collection
 
 log = structlog.get_logger(__name__)
 
@@ -104,7 +108,7 @@ class MemoryClient:
     _instance: MemoryClient | None = None
 
     def __init__(self) -> None:
-        self._sync: Any = mongomock.MongoClient(tz_aware=True)
+        self._sync: Any = indexed_client(tz_aware=True)
         self.admin = _MemoryAdmin()
 
     @classmethod
@@ -137,9 +141,16 @@ class MemoryDatabase:
     def __init__(self, sync_db: Any) -> None:
         self._sync = sync_db
         self.name: str = sync_db.name
+        # Services look collections up on every call (``db["cases"]``); mongomock's own lookup
+        # rebuilds options each time, so keep one face per name.
+        self._collections: dict[str, MemoryCollection] = {}
 
     def __getitem__(self, name: str) -> MemoryCollection:
-        return MemoryCollection(self._sync[name])
+        collection = self._collections.get(name)
+        if collection is None:
+            collection = MemoryCollection(indexed_collection(self._sync, name))
+            self._collections[name] = collection
+        return collection
 
     def get_collection(self, name: str) -> MemoryCollection:
         return self[name]
@@ -170,11 +181,10 @@ class MemoryCursor:
 
     def _documents(self) -> list[dict[str, Any]]:
         # mongomock's Cursor copies its whole result list on every next(), which makes reading
-        # n documents O(n²) (100,000 users: minutes): take the computed results in one go.
-        compute = getattr(self._cursor, "_compute_results", None)
-        if compute is not None:
-            return list(compute(with_limit_and_skip=True))
-        return list(self._cursor)
+        # n documents O(n²) (100,000 users: minutes): take the results in one go.
+        if isinstance(self._cursor, mongomock.collection.Cursor):
+            return cursor_documents(self._cursor)
+        return list(self._cursor)  # an aggregation's CommandCursor
 
     async def to_list(self, length: int | None = None) -> list[dict[str, Any]]:
         docs = self._documents()
