@@ -10,9 +10,13 @@ Results and the circumstances of the recorded run: docs/BENCHMARKS.md, "Whole se
 
 Two child processes: ``soudan-all`` (the five services, ``MONGODB_URL=memory://``, the real
 RabbitMQ, a fresh ``BUS_NAMESPACE``) and ``soudan-fakeline`` (the fake LINE platform); the load
-comes from this process. The configuration is deploy/config with today closed (the demo's
-``prepare_config``), so every text gets the out-of-hours reply; that reply goes once per user per
-next opening, so every message comes from a NEW user (one text message event per webhook).
+comes from this process. ``--separate ingress reporting`` runs those services each in a
+``soudan-all --only <service>`` of its own (as deployed, one process per service) and the rest in
+the first; only these two can leave the shared in-process store: ingress uses no store and
+reporting only its own collections. The configuration is deploy/config with today closed (the
+demo's ``prepare_config``), so every text gets the out-of-hours reply; that reply goes once per
+user per next opening, so every message comes from a NEW user (one text message event per
+webhook).
 
 Webhooks are sent through the fake's control API (``POST /fake/v1/webhook``): the fake issues the
 reply tokens, signs the body and posts it to ingress. Open loop: message ``i`` is started at
@@ -48,6 +52,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +96,7 @@ def emit(record: dict[str, Any]) -> None:
 
 
 class Stack:
-    def __init__(self, log_dir: Path, config_dir: Path) -> None:
+    def __init__(self, log_dir: Path, config_dir: Path, *, separate: Sequence[str] = ()) -> None:
         self.ports = {name: free_port() for name in SERVICES}
         self.fake_port = free_port()
         self.fake_url = f"http://127.0.0.1:{self.fake_port}"
@@ -127,12 +132,20 @@ class Stack:
             stderr=self._fake_log,
             env=env,
         )
+        command = [str(VENV_BIN / "soudan-all"), "--host", "127.0.0.1"]
+        rest = ",".join(name for name in SERVICES if name not in separate)
         self.all = subprocess.Popen(  # noqa: S603
-            [str(VENV_BIN / "soudan-all"), "--host", "127.0.0.1"],
+            [*command, "--only", rest] if separate else command,
             stdout=self._all_log,
             stderr=self._all_log,
             env=env,
         )
+        self.separate = {
+            name: subprocess.Popen(  # noqa: S603
+                [*command, "--only", name], stdout=self._all_log, stderr=self._all_log, env=env
+            )
+            for name in separate
+        }
 
     async def wait_ready(self, http: aiohttp.ClientSession) -> None:
         urls = [f"http://127.0.0.1:{p}/readyz" for p in self.ports.values()]
@@ -152,10 +165,14 @@ class Stack:
         raise RuntimeError("the stack did not become ready")
 
     def rss(self) -> dict[str, int]:
-        return {"soudan_all_kib": rss_kib(self.all.pid), "fake_kib": rss_kib(self.fake.pid)}
+        sizes = {"soudan_all_kib": rss_kib(self.all.pid), "fake_kib": rss_kib(self.fake.pid)}
+        for name, process in self.separate.items():
+            sizes[f"{name}_kib"] = rss_kib(process.pid)
+        return sizes
 
     def stop(self) -> None:
-        for process in (self.all, self.fake):  # soudan-all first: the fake outlives its sends
+        # the fake last: it outlives the services' sends
+        for process in (*self.separate.values(), self.all, self.fake):
             process.terminate()
             try:
                 process.wait(15)
@@ -441,17 +458,20 @@ async def urgent_run(
 # -- main -----------------------------------------------------------------------------------------
 
 
-async def start_stack(http: aiohttp.ClientSession, tmp: Path, label: str) -> Stack:
+async def start_stack(
+    http: aiohttp.ClientSession, tmp: Path, label: str, *, separate: Sequence[str]
+) -> Stack:
     config = tmp / f"config-{label}"
     config.mkdir()
     prepare_config(config)
-    stack = Stack(tmp, config)
+    stack = Stack(tmp, config, separate=separate)
     await stack.wait_ready(http)
     emit(
         {
             "measure": "stack_started",
             "phase": label,
             "namespace": stack.namespace,
+            "separate": sorted(stack.separate),
             **stack.rss(),
             "loadavg": load_average(),
         }
@@ -491,7 +511,7 @@ async def main(args: argparse.Namespace) -> None:
                     for run in range(args.runs):
                         # a fresh stack per run: the in-process store starts empty each time
                         label = f"rate{int(rate)}-run{run}"
-                        stack = await start_stack(http, tmp, label)
+                        stack = await start_stack(http, tmp, label, separate=args.separate)
                         try:
                             if run == 0:
                                 await auto_reply_run(http, stack, 2, 10, -1)  # idle baseline
@@ -517,7 +537,7 @@ async def main(args: argparse.Namespace) -> None:
                     urgent = []
                     for run in range(args.urgent_runs):
                         label = f"urgent-run{run}"
-                        stack = await start_stack(http, tmp, label)
+                        stack = await start_stack(http, tmp, label, separate=args.separate)
                         console = Console(stack.console_url)
                         try:
                             await console.sign_in()
@@ -561,4 +581,11 @@ if __name__ == "__main__":
     parser.add_argument("--urgent-duration", type=float, default=15.0)
     parser.add_argument("--poll", type=float, default=0.02)
     parser.add_argument("--keep-logs", default=None, help="copy the child logs into this dir")
+    parser.add_argument(
+        "--separate",
+        nargs="+",
+        default=[],
+        choices=["ingress", "reporting"],
+        help="run these services each in a soudan-all process of its own",
+    )
     asyncio.run(main(parser.parse_args()))
