@@ -43,14 +43,13 @@ from soudan_shared.fact_types import (
     BROADCAST_FINISHED,
     BROADCAST_REFUSED,
     BROADCAST_STARTED,
-    LINE_API_ERROR,
 )
 from soudan_shared.facts import Facts
 from soudan_shared.records import USERS
 from soudan_shared.store import IndexSpec
 
 from soudan_dispatch.line import LineClient, LineError, LineResult, retry_key
-from soudan_dispatch.sending import Backoff, with_backoff
+from soudan_dispatch.sending import Backoff, report_api_error, with_backoff
 
 log = structlog.get_logger(__name__)
 
@@ -445,15 +444,4 @@ class Broadcaster:
         )
 
     async def _api_error(self, exc: LineError, command: StartBroadcast) -> None:
-        log.warning(
-            "line_api_error",
-            endpoint=exc.endpoint,
-            status=exc.status,
-            line_message=exc.message[:200],
-            request_id=exc.request_id,
-        )
-        await self.facts.publish(
-            LINE_API_ERROR,
-            {"endpoint": exc.endpoint, "status": exc.status, "request_id": exc.request_id},
-            correlation_id=command.correlation_id,
-        )
+        await report_api_error(self.facts, exc, command.correlation_id)

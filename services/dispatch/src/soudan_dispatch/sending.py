@@ -83,6 +83,22 @@ class Outcome:
     note: str | None = None
 
 
+async def report_api_error(facts: Facts, exc: LineError, correlation_id: str) -> None:
+    """Log a refusal or failure of LINE's API and record it as the fact ``line.api_error``."""
+    log.warning(
+        "line_api_error",
+        endpoint=exc.endpoint,
+        status=exc.status,
+        line_message=exc.message[:200],
+        request_id=exc.request_id,
+    )
+    await facts.publish(
+        LINE_API_ERROR,
+        {"endpoint": exc.endpoint, "status": exc.status, "request_id": exc.request_id},
+        correlation_id=correlation_id,
+    )
+
+
 async def with_backoff(
     call: Callable[[], Awaitable[LineResult]],
     backoff: Backoff,
@@ -251,18 +267,7 @@ class Sender:
         return Outcome("push", result.request_id, attempts_so_far + pushes)
 
     async def _api_error(self, exc: LineError, command: SendText) -> None:
-        log.warning(
-            "line_api_error",
-            endpoint=exc.endpoint,
-            status=exc.status,
-            line_message=exc.message[:200],
-            request_id=exc.request_id,
-        )
-        await self.facts.publish(
-            LINE_API_ERROR,
-            {"endpoint": exc.endpoint, "status": exc.status, "request_id": exc.request_id},
-            correlation_id=command.correlation_id,
-        )
+        await report_api_error(self.facts, exc, command.correlation_id)
 
     async def _failed(
         self, command: SendText, exc: LineError, attempts: int, *, maybe_delivered: bool = False
