@@ -173,6 +173,12 @@ async def test_many_failed_sign_ins_from_one_address_stop_it_without_locking_any
         status, _, _ = await spray.login(email, "Summer2026!")
         assert status == 401
 
+    await spray.get("/login")
+    form = {"csrf_token": spray.csrf, "email": a.email, "password": PASSWORD}
+    async with spray.http.post(running.url + "/login", data=form) as refused:
+        retry_after = int(refused.headers["Retry-After"])
+    window = running.settings.console_source_failure_window_minutes * 60
+    assert 0 < retry_after <= window + 1
     status, path, text = await spray.login(a.email)  # even the right password, now
     assert (status, path) == (429, "/login")
     assert "この接続元からのログインの失敗が続いたため" in text

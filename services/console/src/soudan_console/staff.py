@@ -115,6 +115,7 @@ async def bootstrap_admin(console: Console) -> Staff | None:
 class SignIn:
     staff: Staff | None
     error: str | None = None
+    retry_after: int | None = None  # seconds, when the client's address is refused for now
 
 
 LOGIN_REFUSED = "メールアドレスかパスワードがちがいます。"
@@ -137,6 +138,10 @@ def _source_window(console: Console, source: str) -> tuple[str, datetime]:
     start = int(utcnow().timestamp()) // width * width
     ends = datetime.fromtimestamp(start + width, UTC)
     return f"{source}|{start}", ends
+
+
+def _seconds_until(moment: datetime) -> int:
+    return max(1, int((moment - utcnow()).total_seconds()) + 1)
 
 
 async def source_throttled(console: Console, source: str) -> bool:
@@ -166,7 +171,8 @@ async def authenticate(console: Console, email: str, password: str, source: str)
         await console.emit(
             F.LOGIN_FAILED, {"staff_id": None, "reason": "throttled", "source": source}
         )
-        return SignIn(None, SOURCE_THROTTLED)
+        _, ends = _source_window(console, source)
+        return SignIn(None, SOURCE_THROTTLED, retry_after=_seconds_until(ends))
     result = await _authenticate(console, email, password, source)
     if result.staff is None:
         await count_source_failure(console, source)

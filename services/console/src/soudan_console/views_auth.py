@@ -62,12 +62,15 @@ async def login(request: web.Request) -> web.StreamResponse:
     target = safe_next(str(form.get("next", "")))
     result = await accounts.authenticate(console, email, password, client_source(request))
     if result.staff is None:
-        return render(
+        response = render(
             request,
             "login.html",
             {"error": result.error, "email": email, "next": target},
-            status=429 if result.error == accounts.SOURCE_THROTTLED else 401,
+            status=401 if result.retry_after is None else 429,
         )
+        if result.retry_after is not None:
+            response.headers["Retry-After"] = str(result.retry_after)
+        return response
     staff = result.staff
     old = current_session(request)
     if old is not None:
