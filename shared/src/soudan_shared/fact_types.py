@@ -49,8 +49,8 @@ RETENTION_RUN: Final = "retention.run"  # {erased_messages, older_than}
 REPLY_SENT: Final = "reply.sent"
 # {purpose, method: reply|push, user_id, case_id|None, staff_id|None, latency_ms, request_id,
 #  messages: n, command_id, note|None} — note: "already accepted" (a retry key LINE knew),
-#  "token used by an earlier try", or "pushed after an earlier reply try: may have been
-#  received twice" (a possible duplicate after a crash)
+#  "token used by an earlier try", or NOTE_MAYBE_TWICE (a possible duplicate after a crash)
+NOTE_MAYBE_TWICE: Final = "pushed after an earlier reply try: may have been received twice"
 REPLY_FAILED: Final = "reply.failed"
 # {purpose, user_id, case_id|None, reason, status, attempts, command_id,
 #  maybe_delivered: an earlier try got no clear answer, so the student may have the text}

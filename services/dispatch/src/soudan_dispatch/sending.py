@@ -44,7 +44,7 @@ from typing import Any, NoReturn
 import structlog
 from soudan_shared.bus import Permanent
 from soudan_shared.contracts import SendText, utcnow
-from soudan_shared.fact_types import LINE_API_ERROR, REPLY_FAILED, REPLY_SENT
+from soudan_shared.fact_types import LINE_API_ERROR, NOTE_MAYBE_TWICE, REPLY_FAILED, REPLY_SENT
 from soudan_shared.facts import Facts
 from soudan_shared.store import IndexSpec
 
@@ -57,8 +57,6 @@ INDEXES = (IndexSpec(SENT, (("sent_at", 1),), name="sent_at"),)
 
 # A reply token LINE certainly still honours: a 400 for it then means it was used.
 REPLY_TOKEN_SURE_VALID = 55.0
-# The note of a push that follows a reply tried earlier, which may have reached the student.
-MAYBE_TWICE = "pushed after an earlier reply try: may have been received twice"
 
 
 @dataclass(frozen=True)
@@ -209,7 +207,7 @@ class Sender:
                 return outcome
         elif tried_before:
             pushed = await self._push(command, attempts)
-            return replace(pushed, note=pushed.note or MAYBE_TWICE)
+            return replace(pushed, note=pushed.note or NOTE_MAYBE_TWICE)
         return await self._push(command, attempts)
 
     async def _reply(self, command: SendText, tried_before: bool) -> tuple[Outcome | None, int]:

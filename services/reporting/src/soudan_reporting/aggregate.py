@@ -111,7 +111,7 @@ _DIMENSIONS: dict[str, dict[str, str]] = {
     ft.LINE_FOLLOWED: {"unblocked": "$data.unblocked"},
     ft.SCHOOL_TYPE_SET: {"school": "$data.school_type"},
     ft.CASE_CLOSED: {"category": "$data.category", "staff": "$data.staff_id"},
-    ft.REPLY_SENT: {"purpose": "$data.purpose", "method": "$data.method"},
+    ft.REPLY_SENT: {"purpose": "$data.purpose", "method": "$data.method", "note": "$data.note"},
     ft.REPLY_FAILED: {"purpose": "$data.purpose"},
     # one row per flag (few): the first flag of a case decides "out of hours"
     ft.CASE_FLAGGED_URGENT: {
@@ -343,6 +343,7 @@ def month_pipeline(month: Month) -> list[dict[str, Any]]:
             },
         ],
         "dead_letters": _sum_by(ft.BUS_DEAD_LETTERED, f"{k}.queue"),
+        "reply_notes": _sum_by(ft.REPLY_SENT, f"{k}.note"),
         "api_errors": _sum_by(ft.LINE_API_ERROR, {"e": f"{k}.endpoint", "s": f"{k}.status"}),
     }
     return [{"$match": {"jst.month": str(month)}}, grouped, {"$facet": facets}]
@@ -777,6 +778,7 @@ def _figures(
         webhook_by_status=_counts(monthly.get("webhook_status")),
         webhook_latency_ms=latency,
         dead_letters=_counts(monthly.get("dead_letters")),
+        sends_maybe_twice=_counts(monthly.get("reply_notes")).get(ft.NOTE_MAYBE_TWICE, 0),
         api_errors={
             f"{_key(row['_id'].get('e'))} {_key(row['_id'].get('s'))}".strip(): row["n"]
             for row in monthly.get("api_errors") or ()

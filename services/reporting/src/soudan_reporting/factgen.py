@@ -431,18 +431,24 @@ class MonthGenerator:
                 },
                 "console",
             )
+            sent_at = _ms(at + timedelta(milliseconds=rng.randint(50, 900)))
+            method = "push" if rng.random() < 0.3 else "reply"
+            latency = rng.randint(50, 900)
+            # now and then a push after a crash that may have followed a delivered reply
+            maybe_twice = method == "push" and latency % 10 == 0
             yield self._fact(
                 ft.REPLY_SENT,
-                _ms(at + timedelta(milliseconds=rng.randint(50, 900))),
+                sent_at,
                 {
                     **base,
                     "purpose": COUNSELOR_REPLY,
-                    "method": "push" if rng.random() < 0.3 else "reply",
+                    "method": method,
                     "staff_id": staff_id,
-                    "latency_ms": rng.randint(50, 900),
+                    "latency_ms": latency,
                     "request_id": f"req-{command_id}",
                     "messages": messages,
                     "command_id": command_id,
+                    "note": ft.NOTE_MAYBE_TWICE if maybe_twice else None,
                 },
                 "dispatch",
             )
@@ -1079,6 +1085,7 @@ def reference_figures(facts: Iterable[Fact], month: Month) -> Figures:
         webhook_by_status={k: n for k, n in by_status.items() if n},
         webhook_latency_ms={k: n for k, n in latency.items() if n},
         dead_letters=count(ft.BUS_DEAD_LETTERED, "queue"),
+        sends_maybe_twice=count(ft.REPLY_SENT, "note").get(ft.NOTE_MAYBE_TWICE, 0),
         api_errors=dict(api_errors),
     )
 

@@ -171,6 +171,7 @@ class Figures:
     webhook_by_status: dict[str, int] = field(default_factory=dict)
     webhook_latency_ms: dict[str, int] = field(default_factory=dict)  # bucket "<=50" → n
     dead_letters: dict[str, int] = field(default_factory=dict)  # queue
+    sends_maybe_twice: int = 0  # pushes after a reply tried before a crash (reply.sent note)
     api_errors: dict[str, int] = field(default_factory=dict)  # "endpoint status"
 
     @property

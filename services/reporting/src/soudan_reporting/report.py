@@ -844,6 +844,17 @@ def _system(f: Figures) -> Section:
         _keyed_rows(f.dead_letters),
     )
     api = Table("LINE APIのエラー", ("API・ステータス", "件数"), _keyed_rows(f.api_errors))
+    twice = Table(
+        "障害のあとの送り直し",
+        ("項目", "件数"),
+        (("二重に届いたかもしれないメッセージ", f.sends_maybe_twice),),
+        note=(
+            "返信を試したあとに送信側が止まり、届いたかどうか分からないまま、"
+            "生徒に届かないことがないようプッシュで送り直したものです。"
+        ),
+    )
     return Section(
-        "システム稼働", "システム稼働", (starts, latency, distribution, statuses, dead, api)
+        "システム稼働",
+        "システム稼働",
+        (starts, latency, distribution, statuses, dead, api, twice),
     )
