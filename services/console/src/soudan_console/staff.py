@@ -144,11 +144,13 @@ def _seconds_until(moment: datetime) -> int:
     return max(1, int((moment - utcnow()).total_seconds()) + 1)
 
 
-async def source_throttled(console: Console, source: str) -> bool:
-    """True while ``source`` has used up its failed sign-ins for this window."""
-    key, _ = _source_window(console, source)
+async def source_refused_until(console: Console, source: str) -> datetime | None:
+    """The end of the window while ``source`` has used up its failed sign-ins; else None."""
+    key, ends = _source_window(console, source)
     doc = await console.db[SIGN_IN_SOURCES].find_one({"_id": key})
-    return doc is not None and doc["failures"] >= console.settings.console_source_failure_limit
+    if doc is None or doc["failures"] < console.settings.console_source_failure_limit:
+        return None
+    return ends
 
 
 async def count_source_failure(console: Console, source: str) -> None:
@@ -167,12 +169,12 @@ async def authenticate(console: Console, email: str, password: str, source: str)
     ``console_source_failure_limit`` in the window is refused before any password is checked
     (guessing one password against many accounts never locks any of them).
     """
-    if await source_throttled(console, source):
+    refused_until = await source_refused_until(console, source)
+    if refused_until is not None:
         await console.emit(
             F.LOGIN_FAILED, {"staff_id": None, "reason": "throttled", "source": source}
         )
-        _, ends = _source_window(console, source)
-        return SignIn(None, SOURCE_THROTTLED, retry_after=_seconds_until(ends))
+        return SignIn(None, SOURCE_THROTTLED, retry_after=_seconds_until(refused_until))
     result = await _authenticate(console, email, password, source)
     if result.staff is None:
         await count_source_failure(console, source)
