@@ -49,6 +49,27 @@ def _fresh_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def _stage(name: str) -> str:
+    """The instructions of one stage of deploy/Dockerfile, with those of the stages it is built
+    on (``FROM base AS demo``) first; comments left out."""
+    text = (ROOT / "deploy" / "Dockerfile").read_text(encoding="utf-8")
+    dockerfile = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+    stages: dict[str, tuple[str, str]] = {}
+    for block in dockerfile.split("\nFROM ")[1:]:
+        header, _, body = block.partition("\n")
+        base, _, stage = header.partition(" AS ")
+        stages[stage.strip()] = (base.strip(), body)
+    text = ""
+    while name in stages:
+        name, body = stages[name]
+        text = body + "\n" + text
+    return text
+
+
+def _image_env(stage: str) -> dict[str, str]:
+    return dict(re.findall(r"^\s*(?:ENV\s+)?([A-Z][A-Z0-9_]+)=(\S+)", _stage(stage), re.M))
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
@@ -80,9 +101,8 @@ def test_every_service_starts_with_the_fresh_env(
     (command,) = definition["command"]
     assert command in {e.name for e in entry_points(group="console_scripts")}
     env = _fresh_env(tmp_path)
-    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text(encoding="utf-8")
-    image = dockerfile.rsplit("\nFROM ", 1)[1]  # the final stage's ENV
-    for key, value in re.findall(r"^\s*(?:ENV\s+)?([A-Z][A-Z0-9_]+)=(\S+)", image, re.M):
+    assert definition["build"]["target"] == "runtime"
+    for key, value in _image_env("runtime").items():
         env.setdefault(key, value)
     for key in list(os.environ):
         monkeypatch.delenv(key)
@@ -121,3 +141,20 @@ def test_every_reference_in_compose_names_something_that_exists(
     assert fake["command"][fake["command"].index("--port") + 1] == "9000"
     student = services["students"]["command"]
     assert student[student.index("--webhook") + 1] == "http://ingress:8080/webhook"
+
+
+def test_the_demo_image_carries_the_fake_line_platform_and_the_production_image_does_not(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    assert services["fakeline"]["build"]["target"] == "demo"
+    assert services["students"]["image"] == services["fakeline"]["image"] != "soudan:local"
+    demo, runtime = _stage("demo"), _stage("runtime")
+    (source, target) = re.findall(r"^COPY (tools/fakeline/\S+) (\S+)", demo, re.M)[0]
+    assert (ROOT / source / "soudan_fakeline" / "main.py").is_file()
+    assert _image_env("demo")["PYTHONPATH"].rstrip("/") == target.rstrip("/")
+    assert "fakeline" not in runtime
+    assert "PYTHONPATH" not in _image_env("runtime")
+    # Nothing of the checkout is mounted into the demo: the image alone runs it.
+    assert not services["fakeline"].get("volumes")
+    assert not services["students"].get("volumes")
