@@ -7,7 +7,7 @@ COMPOSE ?= docker compose --env-file deploy/.env
 export UV_PYTHON_DOWNLOADS = never
 
 MEMBERS := shared services/ingress services/triage services/dispatch services/console \
-           services/reporting services/allinone tools/fakeline
+           services/reporting services/allinone tools/fakeline tools/fakemongo
 PYPROJECTS := pyproject.toml $(addsuffix /pyproject.toml,$(MEMBERS))
 
 .PHONY: install test test-unit lint format lock up down logs run demo bench bench-e2e clean
