@@ -2,7 +2,9 @@
 
 - Broker: ``RABBITMQ_URL`` if set, else a testcontainers RabbitMQ (needs a Docker engine).
 - Store: ``MONGODB_URL`` if set, else a testcontainers MongoDB where Docker runs, else the
-  in-process fake (``memory://``). The run's header says which of each is in use.
+  in-process fake (``memory://``). The run's header says which of each is in use, and names
+  soudan-fakemongo (tools/fakemongo: mongomock behind the wire protocol) when ``MONGODB_URL``
+  points at one rather than at MongoDB.
 - Every test gets its own bus namespace (queues and exchanges) and its own database, removed
   afterwards, so tests never see each other's data.
 """
@@ -20,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aio_pika
+import pymongo
 import pytest
 
 from soudan_shared.bus import Bus
@@ -76,13 +79,38 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         "testcontainers": f"real RabbitMQ in a testcontainers container ({RABBITMQ_IMAGE})",
         "none": "NONE: set RABBITMQ_URL or run a Docker engine; broker tests will fail",
     }[choice.broker]
+    mongodb = f"real MongoDB at {_redact(os.environ.get('MONGODB_URL'))}"
+    if choice.store == "MONGODB_URL" and _is_fakemongo(os.environ["MONGODB_URL"]):
+        mongodb = (
+            "soudan-fakemongo (mongomock behind the MongoDB wire protocol; NOT MongoDB) at "
+            + _redact(os.environ["MONGODB_URL"])
+        )
     store = {
-        "MONGODB_URL": f"real MongoDB at {_redact(os.environ.get('MONGODB_URL'))}",
+        "MONGODB_URL": mongodb,
         "testcontainers": f"real MongoDB in a testcontainers container ({MONGODB_IMAGE})",
         "memory": "in-process fake (mongomock behind soudan_shared.store.MemoryClient); "
         "no MONGODB_URL and no Docker engine",
     }[choice.store]
     return [f"soudan broker: {broker}", f"soudan store:  {store}"]
+
+
+# soudan-fakemongo (tools/fakemongo) puts this field in its hello; a MongoDB server never does.
+FAKEMONGO_MARKER = "soudanFakemongo"
+
+
+def _is_fakemongo(url: str) -> bool:
+    """Whether the server at ``url`` answers hello as soudan-fakemongo (1 s at most)."""
+    try:
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+            url, serverSelectionTimeoutMS=1000, connectTimeoutMS=1000, socketTimeoutMS=1000
+        )
+        try:
+            hello = client.admin.command("hello")
+        finally:
+            client.close()
+    except Exception:
+        return False
+    return bool(hello.get(FAKEMONGO_MARKER))
 
 
 def _redact(url: str | None) -> str:
