@@ -10,7 +10,7 @@ MEMBERS := shared services/ingress services/triage services/dispatch services/co
            services/reporting services/allinone tools/fakeline tools/fakemongo
 PYPROJECTS := pyproject.toml $(addsuffix /pyproject.toml,$(MEMBERS))
 
-.PHONY: install test test-unit lint format lock up down logs run demo bench bench-e2e clean
+.PHONY: install test test-fakemongo test-unit lint format lock up down logs run demo bench bench-e2e clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,17 @@ $(VENV)/.installed: requirements-dev.lock $(PYPROJECTS)
 
 test: install
 	$(VENV)/bin/pytest
+	@$(MAKE) --no-print-directory test-fakemongo
+
+# The store-heavy tests once more through PyMongo's real AsyncMongoClient, against a
+# soudan-fakemongo (mongomock behind the MongoDB wire protocol; NOT MongoDB) that --exec starts on
+# a free port and stops when pytest ends (about 40 s more on two cores).
+FAKEMONGO_TESTS := shared/tests/test_store.py shared/tests/test_records.py \
+	services/triage/tests/test_triage_events.py services/dispatch/tests/test_broadcasts.py \
+	services/console/tests/test_console.py services/reporting/tests/test_recorder.py \
+	services/reporting/tests/test_figures.py services/allinone/tests/test_e2e.py
+test-fakemongo: install
+	$(VENV)/bin/soudan-fakemongo --port 0 --exec $(VENV)/bin/pytest $(FAKEMONGO_TESTS)
 
 test-unit: install
 	$(VENV)/bin/pytest -m unit
