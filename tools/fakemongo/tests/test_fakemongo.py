@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import bson
 import pytest
 from pymongo import (
     AsyncMongoClient,
@@ -391,6 +392,46 @@ async def test_a_broken_frame_closes_only_its_connection(
     oversized = struct.pack("<iiii", 2**30, 8, 0, 2013)
     assert await loop.run_in_executor(None, send_garbage, oversized) == b""
     assert await db["x"].find_one({"_id": 1}) == {"_id": 1}
+
+
+def _op_msg(request_id: int, flags: int, body: dict[str, Any], **sequences: list[Any]) -> bytes:
+    payload = struct.pack("<I", flags) + b"\x00" + bson.encode(body)
+    for identifier, documents in sequences.items():
+        section = identifier.encode() + b"\x00" + b"".join(bson.encode(d) for d in documents)
+        payload += b"\x01" + struct.pack("<i", 4 + len(section)) + section
+    if flags & 1:
+        payload += b"\x00\x00\x00\x00"  # the CRC-32C (not checked over loopback)
+    return struct.pack("<iiii", 16 + len(payload), request_id, 0, 2013) + payload
+
+
+def _read_reply(raw: socket.socket) -> tuple[int, dict[str, Any]]:
+    header = raw.recv(16, socket.MSG_WAITALL)
+    length, _, response_to, op_code = struct.unpack("<iiii", header)
+    assert op_code == 2013
+    payload = raw.recv(length - 16, socket.MSG_WAITALL)
+    return response_to, bson.decode(payload[5:])
+
+
+async def test_document_sequences_checksums_and_more_to_come_are_read_as_pymongo_sends_them(
+    server: FakeMongoServer, db: AsyncDatabase[dict[str, Any]]
+) -> None:
+    def converse() -> list[tuple[int, dict[str, Any]]]:
+        replies = []
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+            insert = {"insert": "seq", "$db": "t_fakemongo"}
+            raw.sendall(_op_msg(1, 1, insert, documents=[{"_id": 1}, {"_id": 2}]))
+            replies.append(_read_reply(raw))
+            raw.sendall(_op_msg(2, 2, insert, documents=[{"_id": 3}]))  # moreToCome: no reply
+            count = {"count": "seq", "$db": "t_fakemongo"}
+            raw.sendall(_op_msg(3, 0, count))
+            replies.append(_read_reply(raw))
+        return replies
+
+    replies = await asyncio.get_running_loop().run_in_executor(None, converse)
+    assert replies[0][0] == 1
+    assert replies[0][1]["n"] == 2
+    assert replies[1][0] == 3  # the answer to the count, not a stray one to the w:0 insert
+    assert replies[1][1]["n"] == 3
 
 
 async def test_collections_and_databases_are_listed_and_dropped(
