@@ -28,7 +28,7 @@ test: install
 
 # The store-heavy tests once more through PyMongo's real AsyncMongoClient, against a
 # soudan-fakemongo (mongomock behind the MongoDB wire protocol; NOT MongoDB) that --exec starts on
-# a free port and stops when pytest ends (about 40 s more on two cores).
+# a free port and stops when pytest ends (40-48 s more on two cores).
 FAKEMONGO_TESTS := shared/tests/test_store.py shared/tests/test_records.py \
 	services/triage/tests/test_triage_events.py services/dispatch/tests/test_broadcasts.py \
 	services/console/tests/test_console.py services/reporting/tests/test_recorder.py \
