@@ -99,12 +99,19 @@ def _exec(host: str, port: int, command: list[str]) -> int:
     """Serve on a thread, run ``command`` with MONGODB_URL, always stop the server."""
     ready = threading.Event()
     box: dict[str, Any] = {}
-    thread = threading.Thread(
-        target=asyncio.run, args=(_serve(host, port, ready=ready, box=box),), daemon=True
-    )
+
+    def serve() -> None:
+        try:
+            asyncio.run(_serve(host, port, ready=ready, box=box))
+        except OSError as exc:
+            box["error"] = exc
+            ready.set()
+
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     if not ready.wait(30) or "server" not in box:
-        print("soudan-fakemongo: the server did not start", file=sys.stderr)
+        reason = box.get("error", "no answer within 30 s")
+        print(f"soudan-fakemongo: cannot listen on {host}:{port}: {reason}", file=sys.stderr)
         return 1
     env = dict(os.environ, MONGODB_URL=box["server"].url)
     child = subprocess.Popen(command, env=env)  # noqa: S603 - the caller's own command
