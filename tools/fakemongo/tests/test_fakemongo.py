@@ -178,6 +178,19 @@ async def test_more_than_101_documents_come_in_batches_over_get_more(
     assert commands.names.count("getMore") == 3
 
 
+async def test_large_documents_come_in_batches_of_at_most_16_mib(
+    db: AsyncDatabase[dict[str, Any]], commands: Commands
+) -> None:
+    blob = "x" * (1024 * 1024)
+    await db["large"].insert_many([{"_id": i, "blob": blob} for i in range(40)])
+
+    commands.names.clear()
+    found = await db["large"].find({}, {"_id": 1, "blob": 1}).to_list()
+    assert [doc["_id"] for doc in found] == list(range(40))
+    assert all(doc["blob"] == blob for doc in found)
+    assert commands.names.count("getMore") >= 2  # 40 MiB cannot come in fewer than 3 replies
+
+
 async def test_a_cursor_closed_early_is_killed_on_the_server(
     server: FakeMongoServer, db: AsyncDatabase[dict[str, Any]], commands: Commands
 ) -> None:

@@ -13,10 +13,9 @@ in-process ``MemoryClient`` uses: same matching, same results, same speed.
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -100,29 +99,25 @@ class Cursor:
 
     id: int
     namespace: str
-    documents: Iterator[dict[str, Any]]
+    documents: list[dict[str, Any]]
+    position: int = 0
     last_used: float = field(default_factory=time.monotonic)
 
     def take(self, limit: int | None) -> tuple[list[RawBSONDocument], bool]:
-        """Up to ``limit`` documents (all, if None) within a reply's size; and whether that
-        was the last of them."""
+        """The next ``limit`` documents (all, if None) that fit in one reply, and whether they
+        were the last. As mongod: at least one document, then none that would pass 16 MiB."""
         batch: list[RawBSONDocument] = []
         size = 0
         budget = MAX_BSON_SIZE - 1024  # room for the reply's own fields
-        while limit is None or len(batch) < limit:
-            document = next(self.documents, None)
-            if document is None:
-                return batch, True
-            raw = RawBSONDocument(encode(document))
+        while self.position < len(self.documents) and (limit is None or len(batch) < limit):
+            raw = RawBSONDocument(encode(self.documents[self.position]))
+            if batch and size + len(raw.raw) > budget:
+                break
             size += len(raw.raw)
             batch.append(raw)
-            if size >= budget:
-                break
-        following = next(self.documents, None)
-        if following is None:
-            return batch, True
-        self.documents = itertools.chain([following], self.documents)
-        return batch, False
+            self.documents[self.position] = {}  # handed out: let it go
+            self.position += 1
+        return batch, self.position >= len(self.documents)
 
 
 def _batch_size(value: Any, name: str = "batchSize") -> int | None:
@@ -215,7 +210,7 @@ class Backend:
     def _open_cursor(
         self,
         namespace: str,
-        documents: Iterator[dict[str, Any]],
+        documents: list[dict[str, Any]],
         *,
         first_batch: int | None,
         single_batch: bool = False,
@@ -422,7 +417,7 @@ class Backend:
         documents = cursor_documents(cursor)
         return self._open_cursor(
             f"{database}.{collection.name}",
-            iter(documents),
+            documents,
             first_batch=_batch_size(command.get("batchSize")),
             single_batch=bool(command.get("singleBatch", False)),
         )
@@ -487,7 +482,7 @@ class Backend:
             raise as_command_error(exc) from exc
         return self._open_cursor(
             f"{database}.{collection.name}",
-            iter(documents),
+            documents,
             first_batch=_batch_size(options.get("batchSize")),
         )
 
@@ -573,7 +568,7 @@ class Backend:
         options = command.get("cursor") or {}
         return self._open_cursor(
             f"{database}.$cmd.listIndexes.{collection.name}",
-            iter(indexes),
+            indexes,
             first_batch=_batch_size(options.get("batchSize")),
         )
 
@@ -597,7 +592,7 @@ class Backend:
         options = command.get("cursor") or {}
         return self._open_cursor(
             f"{database}.$cmd.listCollections",
-            iter(found),
+            found,
             first_batch=_batch_size(options.get("batchSize")),
         )
 
@@ -632,7 +627,10 @@ def _list_of_documents(value: Any, name: str) -> list[dict[str, Any]]:
         raise CommandError(14, "TypeMismatch", f"'{name}' must be an array of documents")
     if len(value) > MAX_WRITE_BATCH_SIZE:
         raise CommandError(
-            10334 if name == "documents" else 2, "BSONObjectTooLarge", f"too many {name}"
+            16,
+            "InvalidLength",
+            f"Write batch sizes must be between 1 and {MAX_WRITE_BATCH_SIZE}. "
+            f"Got {len(value)} operations.",
         )
     return value
 
