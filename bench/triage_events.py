@@ -35,7 +35,7 @@ from soudan_shared.store import MEMORY_URL, open_store
 from soudan_shared.testing.plugin import delete_topology, with_database
 from soudan_shared.testing.proxy import free_port
 from soudan_shared.topology import Topology, line_event_queue, ordering_key
-from soudan_triage.app import PREFETCH, create_app
+from soudan_triage.app import CONCURRENCY, PREFETCH, create_app
 from soudan_triage.settings import TriageSettings
 from soudan_triage.store import EVENTS
 
@@ -156,6 +156,7 @@ async def drain_bare(url: str, batch: list[LineEventReceived]) -> float:
                 LineEventReceived,
                 handle,
                 prefetch=PREFETCH,
+                concurrency=CONCURRENCY,
                 ordering_key=ordering_key,
             )
         started = time.perf_counter()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
+import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -229,6 +231,50 @@ async def test_one_users_events_are_handled_in_the_order_they_were_published(
         assert seen[user] == list(range(40)), user
 
 
+async def test_a_priority_message_jumps_a_backlog_but_never_its_own_users_earlier_events(
+    make_bus: Callable[..., Bus], topology: Topology
+) -> None:
+    """One handler at a time on a shard holding a backlog: the urgent users' events go first,
+    each user's own events still in order (an urgent user's earlier event goes with it)."""
+    users = [u for u in (f"U{n:032x}" for n in range(200)) if topology.shard(u) == 0][:8]
+    calm, urgent = users[:6], users[6:]
+    handled: list[tuple[str, int]] = []
+    gate = asyncio.Event()
+    bus = make_bus()
+
+    async def handle(event: LineEventReceived) -> None:
+        await gate.wait()
+        handled.append((event.user_id or "", int(event.webhook_event_id.rsplit("-", 1)[1])))
+
+    bus.consume(
+        line_event_queue(0),
+        LineEventReceived,
+        handle,
+        prefetch=100,
+        concurrency=1,
+        ordering_key=lambda e: e.user_id,
+        priority=lambda e: e.user_id in urgent and e.timestamp_ms % 10 == 1,
+    )
+    bus.start()
+    await bus.wait_started(10)
+    # In this order: every user's event 0, then event 1 (the urgent users' 1 is the urgent one).
+    for seq in (0, 1):
+        for user in users:
+            await bus.publish(_event(user, seq))
+    await wait_until(
+        lambda: sum(len(w) for w in bus._consumers[0]._waiting.values()) == 15,
+        message="the backlog delivered to the consumer",
+    )
+    gate.set()
+    await wait_until(lambda: len(handled) == 16, message="every event handled")
+    # calm[0]'s first event was already running; then the urgent users, each in its own order.
+    assert handled[0] == (calm[0], 0)
+    assert handled[1:5] == [(urgent[0], 0), (urgent[1], 0), (urgent[0], 1), (urgent[1], 1)]
+    for user in users:
+        assert [seq for u, seq in handled if u == user] == [0, 1], user
+    assert {u for u, _ in handled[5:]} == set(calm)
+
+
 async def test_a_live_subscription_sees_matching_messages_while_it_runs(
     make_bus: Callable[..., Bus], raw_channel: aio_pika.abc.AbstractChannel, topology: Topology
 ) -> None:
@@ -289,3 +335,41 @@ async def test_a_handler_can_publish_while_the_consumer_works_through_a_start_up
     queue = worker.topology.queue(FACTS_QUEUE)
     assert worker.metrics.consumed.labels(queue, "requeued")._value.get() == 0
     assert worker.metrics.publish_failures.labels("not_connected")._value.get() == 0
+
+
+async def test_a_bus_closed_while_still_connecting_leaves_no_half_open_connection(
+    make_bus: Callable[..., Bus],
+) -> None:
+    """A service stopped during its first seconds: nothing is left for the garbage collector to
+    close too late (no "coroutine ... was never awaited" warnings)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(30):
+            bus = make_bus()
+            bus.start()
+            await asyncio.sleep(step * 0.0005)
+            await bus.close()
+            gc.collect()
+        await asyncio.sleep(0.1)
+        gc.collect()
+    leaks = [str(w.message) for w in caught if "never awaited" in str(w.message)]
+    assert leaks == []
+
+
+async def test_a_bus_whose_set_up_fails_tries_again_until_it_is_ready(
+    make_bus: Callable[..., Bus], raw_channel: aio_pika.abc.AbstractChannel, topology: Topology
+) -> None:
+    """The broker refuses a declaration (here: a queue left with other arguments): the service
+    stays not ready and keeps trying, instead of staying connected and never ready."""
+    name = topology.queue(FACTS_QUEUE)
+    await raw_channel.declare_queue(name, durable=False, arguments={"x-queue-type": "classic"})
+    bus = make_bus()
+    bus.start()
+    with pytest.raises(TimeoutError):
+        await bus.wait_started(1.5)
+    assert not bus.is_ready
+
+    await raw_channel.queue_delete(name)  # the operator removes the stray queue
+    await bus.wait_started(15)
+    assert bus.is_ready
+    await bus.publish(_fact(7))  # and it works

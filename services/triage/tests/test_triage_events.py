@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from soudan_shared import fact_types as F
+from soudan_shared.bus import Bus
 from soudan_shared.config import load_config
 from soudan_shared.config_store import save_override
 from soudan_shared.contracts import Fact, stable_id
@@ -21,6 +24,7 @@ from soudan_shared.records import (
     incoming_message_id,
 )
 from soudan_shared.testing.waiting import wait_until
+from soudan_triage.store import EVENTS as TRIAGE_EVENTS
 from soudan_triage.testing import IN_HOURS, NIGHT, Downstream, Line, StartTriage
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -305,6 +309,32 @@ async def test_an_urgent_case_is_served_before_older_normal_cases(
         .to_list()
     )
     assert [c["user_id"] for c in queue] == [urgent, older_calm, calm]
+
+
+async def test_an_urgent_text_behind_a_backlog_is_handled_ahead_of_it(
+    start_triage: StartTriage, line: Line, make_bus: Callable[..., Bus]
+) -> None:
+    """600 other students' texts wait in the queues when triage starts (after an outage); the
+    urgent one, sent last, is handled among the first, not after the 600."""
+    ingress = make_bus("ingress")
+    ingress.start()
+    await ingress.wait_started(10)
+    calm = [line.text(line.user(), "相談があります", IN_HOURS) for _ in range(600)]
+    urgent = line.text(line.user(), "もう死にたい", IN_HOURS + timedelta(seconds=1))
+    await asyncio.gather(*(ingress.publish(event) for event in calm))
+    await ingress.publish(urgent)
+
+    running = await start_triage()
+
+    async def all_done() -> bool:
+        return await running.store.db[TRIAGE_EVENTS].count_documents({"state": "done"}) == 601
+
+    await wait_until(all_done, timeout=60, message="the backlog handled")
+    done = {d["_id"]: d["done_at"] for d in await running.store.db[TRIAGE_EVENTS].find().to_list()}
+    rank = sum(1 for at in done.values() if at < done[urgent.webhook_event_id])
+    assert rank < 200, f"the urgent text was handled after {rank} others"
+    (case,) = await _cases(running, urgent.user_id or "")
+    assert case.urgent
 
 
 async def test_a_new_case_during_congestion_gets_the_congestion_reply_once(

@@ -9,6 +9,11 @@ the handler's effects are stored. What a handler cannot ever handle is dead-lett
 (:class:`Permanent`, or a body that does not parse); anything else is retried in process a few
 times and then requeued, and the queue's delivery limit dead-letters a message that never
 succeeds. Messages that share an ordering key are handled one after another, in delivery order.
+
+A consumer may name a ``priority`` test: among the messages it holds (up to ``prefetch``), those
+that pass it start first, ahead of other keys' messages delivered earlier; the order within one
+key never changes (a key's earlier messages go first with it). Triage uses it so an urgent text
+jumps a backlog (after an outage, or under a burst) instead of waiting its turn.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ import asyncio
 import contextlib
 import random
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import aio_pika
 import aiormq
@@ -143,39 +149,70 @@ class Bus:
         delay = 0.25
         while True:
             try:
-                connection = await aio_pika.connect_robust(
-                    self._url,
-                    client_properties={"connection_name": f"soudan-{self.service}"},
-                    reconnect_interval=1.0,
-                    timeout=10,
-                )
-                break
+                connection = await self._connect()
             except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
                 self._log.warning(
                     "broker_unreachable", retry_in=round(delay, 2), error=repr(exc)[:200]
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        self._connection = connection
+                continue
+            self._connection = connection
+            try:
+                await self._set_up(connection)
+                break
+            except Exception:
+                # The connection dropped while declaring (the broker restarting, an operator
+                # closing connections), or the broker refused a declaration: start again on a
+                # fresh connection rather than stay connected and never ready.
+                self._log.exception("broker_setup_failed", retry_in=round(delay, 2))
+                self._connection = self._exchange = self._dead_exchange = None
+                self._publish_channel = None
+                with contextlib.suppress(Exception):
+                    await connection.close()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         connection.reconnect_callbacks.add(self._on_reconnect)
         connection.close_callbacks.add(self._on_close)
-        try:
-            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            await declare_topology(channel, self.topology)
-            self._publish_channel = channel
-            self._exchange = await channel.get_exchange(self.topology.exchange, ensure=False)
-            self._dead_exchange = await channel.get_exchange(
-                self.topology.dead_letter_exchange, ensure=False
-            )
-            for consumer in self._pending_consumers:
-                await consumer.start(connection)
-                self._consumers.append(consumer)
-            self._pending_consumers.clear()
-        except Exception:
-            self._log.exception("broker_setup_failed")
-            raise
+        self._consumers.extend(self._pending_consumers)
+        self._pending_consumers.clear()
         self._log.info("broker_connected")
         self.started.set()
+
+    async def _connect(self) -> AbstractRobustConnection:
+        made: list[AbstractRobustConnection] = []
+
+        def make(*args: Any, **kwargs: Any) -> AbstractRobustConnection:
+            made.append(aio_pika.RobustConnection(*args, **kwargs))
+            return made[-1]
+
+        try:
+            connection: AbstractRobustConnection = await aio_pika.connect_robust(
+                self._url,
+                client_properties={"connection_name": f"soudan-{self.service}"},
+                reconnect_interval=1.0,
+                timeout=10,
+                connection_class=cast(Any, make),
+            )
+        except BaseException:
+            # A half-open connection left to the garbage collector would try to close itself
+            # from __del__, too late ("coroutine ... was never awaited"): close it here.
+            for half_open in made:
+                with contextlib.suppress(Exception):
+                    await half_open.close()
+            raise
+        return connection
+
+    async def _set_up(self, connection: AbstractRobustConnection) -> None:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        await declare_topology(channel, self.topology)
+        self._publish_channel = channel
+        self._exchange = await channel.get_exchange(self.topology.exchange, ensure=False)
+        self._dead_exchange = await channel.get_exchange(
+            self.topology.dead_letter_exchange, ensure=False
+        )
+        for consumer in self._pending_consumers:
+            await consumer.start(connection)
 
     def _on_reconnect(self, *_: Any) -> None:
         self._log.info("broker_reconnected")
@@ -290,8 +327,18 @@ class Bus:
         prefetch: int = 32,
         ordering_key: Callable[[M], str | None] | None = None,
         retry: RetryPolicy | None = None,
+        priority: Callable[[M], bool] | None = None,
+        concurrency: int | None = None,
     ) -> None:
-        """Handle every message of ``queue`` (a name relative to the namespace) with ``handler``."""
+        """Handle every message of ``queue`` (a name relative to the namespace) with ``handler``.
+
+        With an ``ordering_key``, at most ``concurrency`` handlers run at once (``prefetch`` by
+        default) and one key's messages one after another; the others wait in delivery order,
+        those passing ``priority`` first. ``priority`` only matters with ``concurrency`` below
+        ``prefetch``: it reorders what is waiting, never what one key sent.
+        """
+        if priority is not None and ordering_key is None:
+            raise ValueError("priority needs an ordering_key (it reorders keys, never within one)")
         consumer = _Consumer(
             self,
             self.topology.queue(queue),
@@ -300,6 +347,8 @@ class Bus:
             prefetch=prefetch,
             ordering_key=ordering_key,
             retry=retry or RetryPolicy(),
+            priority=priority,
+            concurrency=concurrency,
         )
         self._register(consumer)
 
@@ -373,6 +422,13 @@ def _amqp_message(message: Message, service: str) -> aio_pika.Message:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Waiting(Generic[M]):
+    incoming: AbstractIncomingMessage
+    message: M
+    first: bool
+
+
 class _Consumer(Generic[M]):
     def __init__(
         self,
@@ -385,6 +441,8 @@ class _Consumer(Generic[M]):
         ordering_key: Callable[[M], str | None] | None,
         retry: RetryPolicy,
         live_bindings: tuple[str, ...] | None = None,
+        priority: Callable[[M], bool] | None = None,
+        concurrency: int | None = None,
     ) -> None:
         self.bus = bus
         self.live_bindings = live_bindings
@@ -394,10 +452,21 @@ class _Consumer(Generic[M]):
         self.prefetch = prefetch
         self.ordering_key = ordering_key
         self.retry = retry
+        self.priority = priority
+        self.concurrency = max(1, concurrency or prefetch)
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
-        self._tails: dict[str, asyncio.Task[None]] = {}
+        # Keyed messages: the ones delivered and not started, per key, in delivery order; the
+        # keys with a handler running; the keys whose next message may start, in the order they
+        # became ready (those with a priority message waiting in their own line, first).
+        self._waiting: dict[str, deque[_Waiting[M]]] = {}
+        self._running: set[str] = set()
+        self._ready: deque[str] = deque()
+        self._ready_first: deque[str] = deque()
+        self._in_ready: set[str] = set()
+        self._in_ready_first: set[str] = set()
         self._requeueing: set[str] = set()
+        self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, connection: AbstractRobustConnection) -> None:
@@ -420,6 +489,9 @@ class _Consumer(Generic[M]):
         self._tag = await self._queue.consume(self._on_message)
 
     async def stop(self) -> None:
+        # Nothing more starts; what is waiting was never acked and comes back to the queue, in
+        # order, when the channel closes.
+        self._stopping = True
         # Cancelled only while connected: a lost connection took the consumer with it, and a
         # robust channel would wait for the broker to come back; a stopping consumer does not.
         if self._queue is not None and self._tag is not None and self.bus.is_ready:
@@ -443,34 +515,58 @@ class _Consumer(Generic[M]):
         if key is None:
             await self._handle(incoming, message, key)
             return
-        previous = self._tails.get(key)
-        task = asyncio.create_task(self._after(previous, incoming, message, key))
-        self._tails[key] = task
-        self._tasks.add(task)
-        task.add_done_callback(lambda t: self._forget(key, t))
+        first = self.priority is not None and self.priority(message)
+        self._waiting.setdefault(key, deque()).append(_Waiting(incoming, message, first))
+        if key not in self._running:
+            self._make_ready(key, first)
+        self._start_ready()
 
-    def _forget(self, key: str, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if self._tails.get(key) is task:
-            del self._tails[key]
-            self._requeueing.discard(key)
-
-    async def _after(
-        self,
-        previous: asyncio.Task[None] | None,
-        incoming: AbstractIncomingMessage,
-        message: M,
-        key: str,
-    ) -> None:
-        if previous is not None:
-            with contextlib.suppress(BaseException):
-                await previous
-        if key in self._requeueing:
-            # An earlier message of this key went back to the queue: keep the order by
-            # sending the later ones back behind it.
-            await self._settle(incoming, "requeued", requeue=True)
+    def _make_ready(self, key: str, first: bool) -> None:
+        if key in self._in_ready_first:
             return
-        await self._handle(incoming, message, key)
+        if first:
+            if key in self._in_ready:  # a priority message joined its line: move it up
+                self._ready.remove(key)
+                self._in_ready.discard(key)
+            self._ready_first.append(key)
+            self._in_ready_first.add(key)
+        elif key not in self._in_ready:
+            self._ready.append(key)
+            self._in_ready.add(key)
+
+    def _start_ready(self) -> None:
+        while not self._stopping and len(self._running) < self.concurrency:
+            if self._ready_first:
+                key = self._ready_first.popleft()
+                self._in_ready_first.discard(key)
+            elif self._ready:
+                key = self._ready.popleft()
+                self._in_ready.discard(key)
+            else:
+                return
+            waiting = self._waiting[key].popleft()
+            self._running.add(key)
+            task = asyncio.create_task(self._run(key, waiting))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, key: str, waiting: _Waiting[M]) -> None:
+        try:
+            if key in self._requeueing:
+                # An earlier message of this key went back to the queue: keep the order by
+                # sending the later ones back behind it.
+                await self._settle(waiting.incoming, "requeued", requeue=True)
+            else:
+                await self._handle(waiting.incoming, waiting.message, key)
+        finally:
+            self._running.discard(key)
+            rest = self._waiting.get(key)
+            if rest:
+                self._make_ready(key, any(w.first for w in rest))
+            else:
+                self._waiting.pop(key, None)
+                self._requeueing.discard(key)
+            self._start_ready()
 
     async def _handle(self, incoming: AbstractIncomingMessage, message: M, key: str | None) -> None:
         structlog.contextvars.bind_contextvars(

@@ -34,7 +34,11 @@ from soudan_triage.store import INDEXES as TRIAGE_INDEXES
 from soudan_triage.store import TriageStore
 
 SERVICE = "triage"
-PREFETCH = 32
+# Per shard: at most CONCURRENCY events are handled at once and up to PREFETCH are held, so an
+# urgent-looking text can start ahead of the other users' events held before it (a backlog after
+# an outage or during a burst). Beyond PREFETCH, a backlog waits in the broker, in order.
+PREFETCH = 500
+CONCURRENCY = 32
 
 TRIAGE: web.AppKey[Triage] = web.AppKey("triage", Triage)
 
@@ -77,7 +81,9 @@ def create_app(
                 LineEventReceived,
                 handle,
                 prefetch=PREFETCH,
+                concurrency=CONCURRENCY,
                 ordering_key=ordering_key,
+                priority=triage.looks_urgent,
             )
 
         async def on_settings_changed(_: Fact) -> None:

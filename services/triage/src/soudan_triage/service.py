@@ -74,6 +74,7 @@ class Triage:
         self.decider = Decider(store, facts)
         self._hours: tuple[HoursConfig, Hours] | None = None
         self._detector: tuple[tuple[str, ...], Detector] | None = None
+        self._official = Detector()
 
     def hours(self, config: HoursConfig) -> Hours:
         if self._hours is None or self._hours[0] != config:
@@ -84,6 +85,24 @@ class Triage:
         if self._detector is None or self._detector[0] != config.extra:
             self._detector = (config.extra, Detector(config.extra))
         return self._detector[1]
+
+    def looks_urgent(self, event: LineEventReceived) -> bool:
+        """Whether the text of ``event`` alone holds a keyword, with the keywords last in force.
+
+        The bus's priority test (it runs before the event is handled, without the store): an
+        urgent-looking text jumps the events waiting ahead of it from other users. The verdict
+        that counts is the handler's, which also reads the user's earlier messages.
+        """
+        if event.event_type != "message":
+            return False
+        message = event.event.get("message")
+        if not isinstance(message, dict) or message.get("type") != "text":
+            return False
+        text = message.get("text")
+        if not isinstance(text, str):
+            return False
+        detector = self._detector[1] if self._detector is not None else self._official
+        return detector.detect(text).urgent
 
     async def handle(self, event: LineEventReceived) -> None:
         started = time.perf_counter()
