@@ -9,13 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiohttp
 import pytest
+from aiohttp import web
 from soudan_dispatch.line import LineClient, TokenSource, retry_key
 from soudan_dispatch.sending import SENT
 from soudan_fakeline import FakeLineServer, new_user_id
 from soudan_shared.bus import REASON_HEADER, Bus
 from soudan_shared.contracts import QuickReplyOption, SendText, utcnow
 from soudan_shared.fact_types import LINE_API_ERROR, REPLY_FAILED, REPLY_SENT
+from soudan_shared.testing.proxy import free_port
 from soudan_shared.testing.waiting import wait_until
 from soudan_shared.topology import SEND_TEXT_QUEUE, Topology
 
@@ -299,3 +302,46 @@ async def test_a_push_that_times_out_is_retried_and_the_user_gets_it_once(
     assert fact.data["method"] == "push"
     assert line.fake.texts(user) == ["遅い返事"]
     assert any(f.data["status"] == 0 for f in facts.of(LINE_API_ERROR))
+
+
+@pytest.mark.unit
+async def test_calls_to_line_go_through_the_proxy_named_in_the_environment(
+    line: FakeLineServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator whose network reaches LINE only through an egress proxy sets HTTPS_PROXY (here
+    HTTP_PROXY, the fake speaking plain HTTP): dispatch's calls go through it."""
+    seen: list[str] = []
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        seen.append(f"{request.method} {request.url.path}")
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        async with (
+            aiohttp.ClientSession() as session,  # the proxy itself goes direct
+            session.request(
+                request.method, f"{line.url}{request.rel_url}", headers=headers, data=body
+            ) as answer,
+        ):
+            return web.Response(
+                status=answer.status, body=await answer.read(), content_type=answer.content_type
+            )
+
+    proxy = web.Application()
+    proxy.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(proxy)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    for name in ("no_proxy", "NO_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    client = LineClient(line.url, line.url, TokenSource("test-access-token"), timeout=2)
+    try:
+        user = new_user_id()
+        result = await client.push(user, ["プロキシ経由"], key=str(uuid.uuid4()))
+    finally:
+        await client.close()
+        await runner.cleanup()
+    assert result.status == 200
+    assert seen == ["POST /v2/bot/message/push"]
+    assert line.fake.texts(user) == ["プロキシ経由"]
