@@ -96,7 +96,14 @@ def emit(record: dict[str, Any]) -> None:
 
 
 class Stack:
-    def __init__(self, log_dir: Path, config_dir: Path, *, separate: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        config_dir: Path,
+        *,
+        separate: Sequence[str] = (),
+        store: str = "memory",
+    ) -> None:
         self.ports = {name: free_port() for name in SERVICES}
         self.fake_port = free_port()
         self.fake_url = f"http://127.0.0.1:{self.fake_port}"
@@ -118,6 +125,18 @@ class Stack:
         )
         self._fake_log = (log_dir / "fakeline.log").open("ab")
         self._all_log = (log_dir / "soudan-all.log").open("ab")
+        self.store: subprocess.Popen[bytes] | None = None
+        if store == "fakemongo":
+            # One store for every process (soudan-fakemongo: mongomock behind the MongoDB wire
+            # protocol; NOT MongoDB), so any service can run in a process of its own.
+            store_port = free_port()
+            self.store = subprocess.Popen(  # noqa: S603
+                [str(VENV_BIN / "soudan-fakemongo"), "--port", str(store_port)],
+                stdout=self._all_log,
+                stderr=self._all_log,
+                env=env,
+            )
+            env["MONGODB_URL"] = f"mongodb://127.0.0.1:{store_port}/{self.namespace}"
         self.fake = subprocess.Popen(  # noqa: S603
             [
                 str(VENV_BIN / "soudan-fakeline"),
@@ -134,11 +153,15 @@ class Stack:
         )
         command = [str(VENV_BIN / "soudan-all"), "--host", "127.0.0.1"]
         rest = ",".join(name for name in SERVICES if name not in separate)
-        self.all = subprocess.Popen(  # noqa: S603
-            [*command, "--only", rest] if separate else command,
-            stdout=self._all_log,
-            stderr=self._all_log,
-            env=env,
+        self.all = (
+            subprocess.Popen(  # noqa: S603
+                [*command, "--only", rest] if separate else command,
+                stdout=self._all_log,
+                stderr=self._all_log,
+                env=env,
+            )
+            if rest
+            else None
         )
         self.separate = {
             name: subprocess.Popen(  # noqa: S603
@@ -165,14 +188,19 @@ class Stack:
         raise RuntimeError("the stack did not become ready")
 
     def rss(self) -> dict[str, int]:
-        sizes = {"soudan_all_kib": rss_kib(self.all.pid), "fake_kib": rss_kib(self.fake.pid)}
+        sizes = {"fake_kib": rss_kib(self.fake.pid)}
+        if self.all is not None:
+            sizes["soudan_all_kib"] = rss_kib(self.all.pid)
+        if self.store is not None:
+            sizes["fakemongo_kib"] = rss_kib(self.store.pid)
         for name, process in self.separate.items():
             sizes[f"{name}_kib"] = rss_kib(process.pid)
         return sizes
 
     def stop(self) -> None:
-        # the fake last: it outlives the services' sends
-        for process in (*self.separate.values(), self.all, self.fake):
+        # the fake and the store last: they outlive the services' sends
+        processes = [*self.separate.values(), self.all, self.fake, self.store]
+        for process in (p for p in processes if p is not None):
             process.terminate()
             try:
                 process.wait(15)
@@ -188,6 +216,8 @@ class Stack:
 async def send_webhook(http: aiohttp.ClientSession, stack: Stack, user: str, text: str) -> int:
     body = {"url": stack.webhook_url, "events": [{"type": "message", "userId": user, "text": text}]}
     async with http.post(stack.fake_url + "/fake/v1/webhook", json=body) as response:
+        if response.content_type != "application/json":
+            return response.status  # the fake gave up waiting for ingress (504)
         answer = await response.json()
         return int(answer.get("status", response.status))
 
@@ -407,12 +437,16 @@ async def urgent_run(
     background = asyncio.create_task(open_loop(http, stack, rate, duration, NORMAL_TEXT))
     await asyncio.sleep(1.0)  # the load is on before the first probe
     times: list[float] = []
-    timeouts = 0
+    timeouts = refused = 0
     fragment_ms: list[float] = []
     while not background.done():
         tag = secrets.token_hex(3)
         sent_at = time.time()
-        await send_webhook(http, stack, new_user_id(), f"{tag} もう死にたいです。")
+        status = await send_webhook(http, stack, new_user_id(), f"{tag} もう死にたいです。")
+        if status != 200:  # not accepted (LINE would send it again): not a measurement
+            refused += 1
+            await asyncio.sleep(0.2)
+            continue
         seen = None
         while time.time() - sent_at < 15:
             t0 = time.time()
@@ -442,6 +476,7 @@ async def urgent_run(
         "probes": len(times) + timeouts,
         "seen": len(times),
         "timeouts_15s": timeouts,
+        "probes_refused": refused,
         "median_ms": round(statistics.median(times) * 1000, 1) if times else None,
         "p99_ms": round(pct(times, 0.99) * 1000, 1) if times else None,
         "max_ms": round(max(times) * 1000, 1) if times else None,
@@ -455,16 +490,46 @@ async def urgent_run(
     return record
 
 
+async def soak_run(http: aiohttp.ClientSession, stack: Stack, rate: float, duration: float) -> None:
+    """Steady load on one stack; the RSS of every process every 10 s, then the growth."""
+    first = stack.rss()
+    delivered_before = int((await fake_stats(http, stack))["deliveries"])
+    samples = [{"t_s": 0, **first}]
+    load = asyncio.create_task(open_loop(http, stack, rate, duration, NORMAL_TEXT))
+    began = time.monotonic()
+    while not load.done():
+        await asyncio.wait({load}, timeout=10)
+        samples.append({"t_s": round(time.monotonic() - began), **stack.rss()})
+    sent = await load
+    await wait_deliveries(http, stack, len(sent), quiet=5, cap=300)
+    last = stack.rss()
+    half = samples[len(samples) // 2]
+    emit(
+        {
+            "measure": "soak_rss",
+            "rate": rate,
+            "duration_s": duration,
+            "sent": len(sent),
+            "accepted": sum(1 for r in sent if r["status"] == 200),
+            "delivered": int((await fake_stats(http, stack))["deliveries"]) - delivered_before,
+            "samples": samples,
+            # growth over the second half of the load (the first half includes warming up)
+            "second_half_growth_kib": {k: last[k] - half[k] for k in last},
+            "loadavg": load_average(),
+        }
+    )
+
+
 # -- main -----------------------------------------------------------------------------------------
 
 
 async def start_stack(
-    http: aiohttp.ClientSession, tmp: Path, label: str, *, separate: Sequence[str]
+    http: aiohttp.ClientSession, tmp: Path, label: str, *, separate: Sequence[str], store: str
 ) -> Stack:
     config = tmp / f"config-{label}"
     config.mkdir()
     prepare_config(config)
-    stack = Stack(tmp, config, separate=separate)
+    stack = Stack(tmp, config, separate=separate, store=store)
     await stack.wait_ready(http)
     emit(
         {
@@ -472,6 +537,7 @@ async def start_stack(
             "phase": label,
             "namespace": stack.namespace,
             "separate": sorted(stack.separate),
+            "store": "fakemongo" if stack.store else "memory",
             **stack.rss(),
             "loadavg": load_average(),
         }
@@ -511,7 +577,9 @@ async def main(args: argparse.Namespace) -> None:
                     for run in range(args.runs):
                         # a fresh stack per run: the in-process store starts empty each time
                         label = f"rate{int(rate)}-run{run}"
-                        stack = await start_stack(http, tmp, label, separate=args.separate)
+                        stack = await start_stack(
+                            http, tmp, label, separate=args.separate, store=args.store
+                        )
                         try:
                             if run == 0:
                                 await auto_reply_run(http, stack, 2, 10, -1)  # idle baseline
@@ -533,11 +601,21 @@ async def main(args: argparse.Namespace) -> None:
                             "reply_share_min": min(r["reply_share"] for r in rows),
                         }
                     )
+                if args.soak:
+                    stack = await start_stack(
+                        http, tmp, "soak", separate=args.separate, store=args.store
+                    )
+                    try:
+                        await soak_run(http, stack, args.soak_rate, args.soak)
+                    finally:
+                        await stop_stack(stack, "soak")
                 if args.urgent_runs:
                     urgent = []
                     for run in range(args.urgent_runs):
                         label = f"urgent-run{run}"
-                        stack = await start_stack(http, tmp, label, separate=args.separate)
+                        stack = await start_stack(
+                            http, tmp, label, separate=args.separate, store=args.store
+                        )
                         console = Console(stack.console_url)
                         try:
                             await console.sign_in()
@@ -585,7 +663,25 @@ if __name__ == "__main__":
         "--separate",
         nargs="+",
         default=[],
-        choices=["ingress", "reporting"],
-        help="run these services each in a soudan-all process of its own",
+        choices=SERVICES,
+        help="run these services each in a soudan-all process of its own (with the memory "
+        "store only ingress and reporting can: the others share the store in one process)",
     )
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument(
+        "--store",
+        choices=["memory", "fakemongo"],
+        default="memory",
+        help="memory: the in-process store; fakemongo: one soudan-fakemongo process for all",
+    )
+    parser.add_argument(
+        "--soak",
+        type=float,
+        default=0.0,
+        help="seconds of steady load on one stack at --soak-rate, RSS of every process sampled "
+        "every 10 s (the memory figure); 0 skips it",
+    )
+    parser.add_argument("--soak-rate", type=float, default=50.0)
+    parsed = parser.parse_args()
+    if parsed.store == "memory" and set(parsed.separate) - {"ingress", "reporting"}:
+        parser.error("with --store memory only ingress and reporting can be --separate")
+    asyncio.run(main(parsed))

@@ -35,7 +35,7 @@ from soudan_shared.store import MEMORY_URL, open_store
 from soudan_shared.testing.plugin import delete_topology, with_database
 from soudan_shared.testing.proxy import free_port
 from soudan_shared.topology import Topology, line_event_queue, ordering_key
-from soudan_triage.app import CONCURRENCY, PREFETCH, create_app
+from soudan_triage.app import create_app
 from soudan_triage.settings import TriageSettings
 from soudan_triage.store import EVENTS
 
@@ -149,14 +149,21 @@ async def drain_bare(url: str, batch: list[LineEventReceived]) -> float:
             if seen == len(batch):
                 done.set()
 
+        # the same held and concurrent events as the service (its settings' defaults, or the
+        # TRIAGE_HELD_EVENTS / TRIAGE_CONCURRENCY it would read)
+        fields = TriageSettings.model_fields
+        held = int(os.environ.get("TRIAGE_HELD_EVENTS", fields["triage_held_events"].default))
+        concurrency = int(
+            os.environ.get("TRIAGE_CONCURRENCY", fields["triage_concurrency"].default)
+        )
         bus = Bus(url, topology=topology, service="bench-bare")
         for shard in range(topology.line_event_shards):
             bus.consume(
                 line_event_queue(shard),
                 LineEventReceived,
                 handle,
-                prefetch=PREFETCH,
-                concurrency=CONCURRENCY,
+                prefetch=held,
+                concurrency=concurrency,
                 ordering_key=ordering_key,
             )
         started = time.perf_counter()

@@ -34,11 +34,6 @@ from soudan_triage.store import INDEXES as TRIAGE_INDEXES
 from soudan_triage.store import TriageStore
 
 SERVICE = "triage"
-# Per shard: at most CONCURRENCY events are handled at once and up to PREFETCH are held, so an
-# urgent-looking text can start ahead of the other users' events held before it (a backlog after
-# an outage or during a burst). Beyond PREFETCH, a backlog waits in the broker, in order.
-PREFETCH = 500
-CONCURRENCY = 32
 
 TRIAGE: web.AppKey[Triage] = web.AppKey("triage", Triage)
 
@@ -80,8 +75,11 @@ def create_app(
                 line_event_queue(shard),
                 LineEventReceived,
                 handle,
-                prefetch=PREFETCH,
-                concurrency=CONCURRENCY,
+                # Up to triage_held_events held, triage_concurrency handled at once: an
+                # urgent-looking text starts ahead of the other users' events held before it
+                # (a backlog after an outage, or during a burst).
+                prefetch=settings.triage_held_events,
+                concurrency=settings.triage_concurrency,
                 ordering_key=ordering_key,
                 priority=triage.looks_urgent,
             )
