@@ -12,8 +12,11 @@ Two child processes: ``soudan-all`` (the five services, ``MONGODB_URL=memory://`
 RabbitMQ, a fresh ``BUS_NAMESPACE``) and ``soudan-fakeline`` (the fake LINE platform); the load
 comes from this process. ``--separate ingress reporting`` runs those services each in a
 ``soudan-all --only <service>`` of its own (as deployed, one process per service) and the rest in
-the first; only these two can leave the shared in-process store: ingress uses no store and
-reporting only its own collections. The configuration is deploy/config with today closed (the
+the first; with the in-process store only these two can leave it: ingress uses no store and
+reporting only its own collections. ``--store fakemongo`` starts one ``soudan-fakemongo`` (NOT
+MongoDB: mongomock behind the wire protocol, one Python process for every store call) for all
+the processes, so any service can be ``--separate``. ``--soak SECONDS --soak-rate R`` keeps one
+stack under steady load and samples the RSS of every process every 10 s. The configuration is deploy/config with today closed (the
 demo's ``prepare_config``), so every text gets the out-of-hours reply; that reply goes once per
 user per next opening, so every message comes from a NEW user (one text message event per
 webhook).
