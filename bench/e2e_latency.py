@@ -16,10 +16,11 @@ the first; with the in-process store only these two can leave it: ingress uses n
 reporting only its own collections. ``--store fakemongo`` starts one ``soudan-fakemongo`` (NOT
 MongoDB: mongomock behind the wire protocol, one Python process for every store call) for all
 the processes, so any service can be ``--separate``. ``--soak SECONDS --soak-rate R`` keeps one
-stack under steady load and samples the RSS of every process every 10 s. The configuration is deploy/config with today closed (the
-demo's ``prepare_config``), so every text gets the out-of-hours reply; that reply goes once per
-user per next opening, so every message comes from a NEW user (one text message event per
-webhook).
+stack under steady load and samples the RSS of every process every 10 s.
+
+The configuration is deploy/config with today closed (the demo's ``prepare_config``), so every
+text gets the out-of-hours reply; that reply goes once per user per next opening, so every message
+comes from a NEW user (one text message event per webhook).
 
 Webhooks are sent through the fake's control API (``POST /fake/v1/webhook``): the fake issues the
 reply tokens, signs the body and posts it to ingress. Open loop: message ``i`` is started at
