@@ -81,13 +81,14 @@ async def _serve(
         box["loop"] = asyncio.get_running_loop()
         box["stop"] = stop
     log.warning("fakemongo_not_mongodb", detail=WARNING, url=server.url)
-    _announce(server)
-    if ready is not None:
-        ready.set()
-    else:
+    if ready is None:
+        # Before the announcement: whoever waits for it may stop us at once.
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+    _announce(server)
+    if ready is not None:
+        ready.set()
     try:
         await stop.wait()
     finally:
