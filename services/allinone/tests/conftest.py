@@ -9,21 +9,16 @@ the platform at an open or a closed moment of the shipped hours (``Stack.at``).
 from __future__ import annotations
 
 import contextlib
-import shutil
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from soudan_allinone.testing import Stack, running_fake_platform, stack_env, start_stack
+from soudan_allinone.testing import Stack, plan_stack, running_fake_platform, start_stack
 from soudan_console.testing import launched_chromium, use_cheap_password_hashing
 from soudan_shared.store import open_store
-from soudan_shared.testing.plugin import delete_topology, with_database
+from soudan_shared.testing.plugin import delete_topology
 from soudan_shared.testing.smtp import Inbox, running_smtp
-from soudan_shared.topology import Topology
 
-SHIPPED_CONFIG = Path(__file__).resolve().parents[3] / "deploy" / "config"
 SECRET = "e2e-channel-secret"
 TOKEN = "e2e-access-token"
 
@@ -46,22 +41,17 @@ async def stack(
     smtp_inbox: tuple[Inbox, int],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Stack]:
-    topology = Topology(namespace=f"t{uuid.uuid4().hex[:10]}")
-    database = f"t_{uuid.uuid4().hex[:12]}"
     base = tmp_path_factory.mktemp("e2e")
-    config_dir = base / "config"
-    shutil.copytree(SHIPPED_CONFIG, config_dir)
     inbox, smtp_port = smtp_inbox
-    env = stack_env(
+    plan = plan_stack(
+        base,
         rabbitmq_url=rabbitmq_url,
-        mongodb_url=with_database(mongodb_url, database),
-        namespace=topology.namespace,
-        config_dir=config_dir,
+        mongodb_url=mongodb_url,
         smtp_port=smtp_port,
-        reports_dir=base / "reports",
         secret=SECRET,
         token=TOKEN,
     )
+    topology, database, config_dir, env = plan.topology, plan.database, plan.config_dir, plan.env
     store = await open_store(env["MONGODB_URL"], database=database)
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():

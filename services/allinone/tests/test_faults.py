@@ -28,7 +28,6 @@ import contextlib
 import contextvars
 import json
 import os
-import shutil
 import signal
 import sys
 import uuid
@@ -42,7 +41,13 @@ import aio_pika
 import aiohttp
 import pytest
 from aiohttp import web
-from soudan_allinone.testing import Stack, running_fake_platform, stack_env, start_stack
+from soudan_allinone.testing import (
+    SHIPPED_CONFIG,
+    Stack,
+    plan_stack,
+    running_fake_platform,
+    start_stack,
+)
 from soudan_dispatch.line import retry_key
 from soudan_dispatch.sending import SENT
 from soudan_fakeline import new_user_id, running_fakeline
@@ -55,7 +60,7 @@ from soudan_shared.records import CASES, MESSAGES, USERS, incoming_message_id
 from soudan_shared.runtime import BUS
 from soudan_shared.store import open_store
 from soudan_shared.testing.ledger import Ledger
-from soudan_shared.testing.plugin import BrokerControl, delete_topology, with_database
+from soudan_shared.testing.plugin import BrokerControl, delete_topology
 from soudan_shared.testing.proxy import TcpProxy, free_port
 from soudan_shared.testing.waiting import wait_until
 from soudan_shared.topology import (
@@ -75,7 +80,6 @@ from soudan_triage.store import TriageStore
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(60)]
 
-SHIPPED_CONFIG = Path(__file__).resolve().parents[3] / "deploy" / "config"
 SECRET = "fault-channel-secret"
 TOKEN = "fault-access-token"
 LINE_TIMEOUT = 1.0  # dispatch's per-request timeout towards LINE, so a slow LINE is quick to test
@@ -99,22 +103,17 @@ async def rig(
 ) -> AsyncIterator[Rig]:
     """The end-to-end stack (as in ``conftest.stack``) with a short LINE request timeout, its
     five services connected to the broker through a proxy."""
-    topology = Topology(namespace=f"t{uuid.uuid4().hex[:10]}")
-    database = f"t_{uuid.uuid4().hex[:12]}"
     base = tmp_path_factory.mktemp("faults")
-    config_dir = base / "config"
-    shutil.copytree(SHIPPED_CONFIG, config_dir)
     inbox, smtp_port = smtp_inbox
-    env = stack_env(
+    plan = plan_stack(
+        base,
         rabbitmq_url=rabbitmq_url,
-        mongodb_url=with_database(mongodb_url, database),
-        namespace=topology.namespace,
-        config_dir=config_dir,
+        mongodb_url=mongodb_url,
         smtp_port=smtp_port,
-        reports_dir=base / "reports",
         secret=SECRET,
         token=TOKEN,
     )
+    topology, database, config_dir, env = plan.topology, plan.database, plan.config_dir, plan.env
     env["LINE_REQUEST_TIMEOUT"] = str(LINE_TIMEOUT)
     proxy = TcpProxy(broker.host, broker.port)
     await proxy.start()

@@ -9,6 +9,8 @@ open or a closed moment.
 from __future__ import annotations
 
 import contextlib
+import shutil
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,11 +36,14 @@ from soudan_reporting.settings import ReportingSettings
 from soudan_shared.config import load_config
 from soudan_shared.runtime import start_site
 from soudan_shared.store import Store
+from soudan_shared.testing.plugin import with_database
 from soudan_shared.testing.proxy import free_port
 from soudan_shared.testing.waiting import wait_until
+from soudan_shared.topology import Topology
 from soudan_triage.app import create_app as create_triage
 from soudan_triage.hours import Hours
 from soudan_triage.settings import TriageSettings
+from soudan_triage.testing import SHIPPED_CONFIG
 
 HOST = "127.0.0.1"
 
@@ -155,22 +160,31 @@ async def running_fake_platform(
         await runner.cleanup()
 
 
-def stack_env(
-    *,
-    rabbitmq_url: str,
-    mongodb_url: str,
-    namespace: str,
-    config_dir: Path,
-    smtp_port: int,
-    reports_dir: Path,
-    secret: str,
-    token: str,
-) -> dict[str, str]:
-    """The environment the five services of a test stack read their settings from."""
-    return {
+@dataclass(frozen=True)
+class StackPlan:
+    """What a test stack is started from: its own bus namespace, database and configuration."""
+
+    topology: Topology
+    database: str
+    config_dir: Path
+    reports_dir: Path
+    env: dict[str, str]
+
+
+def plan_stack(
+    base: Path, *, rabbitmq_url: str, mongodb_url: str, smtp_port: int, secret: str, token: str
+) -> StackPlan:
+    """A fresh namespace and database, a copy of the shipped configuration under ``base``, and
+    the environment the five services of the stack read their settings from."""
+    topology = Topology(namespace=f"t{uuid.uuid4().hex[:10]}")
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    config_dir = base / "config"
+    shutil.copytree(SHIPPED_CONFIG, config_dir)
+    reports_dir = base / "reports"
+    env = {
         "RABBITMQ_URL": rabbitmq_url,
-        "MONGODB_URL": mongodb_url,
-        "BUS_NAMESPACE": namespace,
+        "MONGODB_URL": with_database(mongodb_url, database),
+        "BUS_NAMESPACE": topology.namespace,
         "LOG_HASH_KEY": "test-hash-key",
         "LINE_CHANNEL_SECRET": secret,
         "LINE_CHANNEL_ACCESS_TOKEN": token,
@@ -182,6 +196,7 @@ def stack_env(
         "REPORT_RECIPIENTS": "section@example.jp",
         "REPORTS_DIR": str(reports_dir),
     }
+    return StackPlan(topology, database, config_dir, reports_dir, env)
 
 
 @contextlib.asynccontextmanager
