@@ -273,38 +273,31 @@ class Backend:
     def _insert(self, database: str, command: dict[str, Any], _: int) -> dict[str, Any]:
         collection = self._collection(database, command, "insert")
         documents = _list_of_documents(command.get("documents"), "documents")
-        ordered = command.get("ordered", True)
         inserted = 0
-        errors: list[dict[str, Any]] = []
-        for index, document in enumerate(documents):
-            try:
-                collection.insert_one(document)
-                inserted += 1
-            except Exception as exc:
-                errors.append(self._write_error(index, exc, collection, document))
-                if ordered:
-                    break
+
+        def insert(_: int, document: dict[str, Any]) -> None:
+            nonlocal inserted
+            collection.insert_one(document)
+            inserted += 1
+
+        errors = self._each_statement(command, collection, documents, insert, keyed=True)
         return _write_reply(inserted, errors)
 
     def _update(self, database: str, command: dict[str, Any], _: int) -> dict[str, Any]:
         collection = self._collection(database, command, "update")
         updates = _list_of_documents(command.get("updates"), "updates")
-        ordered = command.get("ordered", True)
         matched = modified = 0
         upserted: list[dict[str, Any]] = []
-        errors: list[dict[str, Any]] = []
-        for index, update in enumerate(updates):
-            try:
-                raw = _update_one_statement(collection, update)
-            except Exception as exc:
-                errors.append(self._write_error(index, exc, collection, None))
-                if ordered:
-                    break
-                continue
+
+        def update(index: int, statement: dict[str, Any]) -> None:
+            nonlocal matched, modified
+            raw = _update_one_statement(collection, statement)
             matched += raw["n"]
             modified += raw["nModified"]
             if raw["upserted"] is not None:
                 upserted.append({"index": index, "_id": raw["upserted"]})
+
+        errors = self._each_statement(command, collection, updates, update)
         reply = _write_reply(matched, errors)
         reply["nModified"] = modified
         if upserted:
@@ -314,28 +307,48 @@ class Backend:
     def _delete(self, database: str, command: dict[str, Any], _: int) -> dict[str, Any]:
         collection = self._collection(database, command, "delete")
         deletes = _list_of_documents(command.get("deletes"), "deletes")
-        ordered = command.get("ordered", True)
         deleted = 0
+
+        def delete(_: int, statement: dict[str, Any]) -> None:
+            nonlocal deleted
+            query = statement.get("q")
+            limit = statement.get("limit", 0)
+            if not isinstance(query, dict):
+                raise bad_value("delete statement needs a 'q' document")
+            if limit not in (0, 1):
+                raise bad_value("The limit field in delete objects must be 0 or 1")
+            if "hint" in statement or "collation" in statement:
+                raise CommandError(
+                    238, "NotImplemented", "hint and collation are not supported in delete"
+                )
+            result = collection.delete_one(query) if limit else collection.delete_many(query)
+            deleted += result.deleted_count
+
+        errors = self._each_statement(command, collection, deletes, delete)
+        return _write_reply(deleted, errors)
+
+    def _each_statement(
+        self,
+        command: dict[str, Any],
+        collection: Any,
+        statements: list[dict[str, Any]],
+        apply: Callable[[int, dict[str, Any]], None],
+        *,
+        keyed: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Apply the statements of one write command in order; a failure is a write error at its
+        index and, in an ordered command (the default), stops the rest, as mongod does."""
+        ordered = command.get("ordered", True)
         errors: list[dict[str, Any]] = []
-        for index, statement in enumerate(deletes):
+        for index, statement in enumerate(statements):
             try:
-                query = statement.get("q")
-                limit = statement.get("limit", 0)
-                if not isinstance(query, dict):
-                    raise bad_value("delete statement needs a 'q' document")
-                if limit not in (0, 1):
-                    raise bad_value("The limit field in delete objects must be 0 or 1")
-                if "hint" in statement or "collation" in statement:
-                    raise CommandError(
-                        238, "NotImplemented", "hint and collation are not supported in delete"
-                    )
-                result = collection.delete_one(query) if limit else collection.delete_many(query)
-                deleted += result.deleted_count
+                apply(index, statement)
             except Exception as exc:
-                errors.append(self._write_error(index, exc, collection, None))
+                document = statement if keyed else None
+                errors.append(self._write_error(index, exc, collection, document))
                 if ordered:
                     break
-        return _write_reply(deleted, errors)
+        return errors
 
     def _write_error(
         self, index: int, exc: Exception, collection: Any, document: dict[str, Any] | None
