@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import io
@@ -322,6 +323,56 @@ async def test_the_monthly_quota_refuses_what_would_exceed_it(
         assert await response.json() == {"totalUsage": 3}
 
 
+async def _consumption(http: aiohttp.ClientSession, line: FakeLineServer) -> int:
+    async with http.get(
+        line.url + "/v2/bot/message/quota/consumption",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    ) as response:
+        assert response.status == 200
+        return int((await response.json())["totalUsage"])
+
+
+async def test_the_fake_counts_push_but_not_reply_and_answers_429_when_the_month_is_spent(
+    line: FakeLineServer, http: aiohttp.ClientSession
+) -> None:
+    line.fake.quota_limit = 2
+    user = new_user_id()
+    token = line.fake.issue_reply_token(user)
+    body = {"replyToken": token, "messages": [_text("返信")]}
+    assert (await _post(http, line, "/v2/bot/message/reply", body))[0] == 200
+    assert await _consumption(http, line) == 0
+    for text in ("一", "二"):
+        push = {"to": user, "messages": [_text(text)]}
+        assert (await _post(http, line, "/v2/bot/message/push", push))[0] == 200
+    assert await _consumption(http, line) == 2
+    status, _, answer = await _post(
+        http, line, "/v2/bot/message/push", {"to": user, "messages": [_text("三")]}
+    )
+    assert (status, answer["message"]) == (429, "You have reached your monthly limit.")
+    status, _, answer = await _post(
+        http, line, "/v2/bot/message/broadcast", {"messages": [_text("お知らせ")]}
+    )
+    assert (status, answer["message"]) == (429, "You have reached your monthly limit.")
+    late = line.fake.issue_reply_token(user)  # a reply still goes through when the month is spent
+    body = {"replyToken": late, "messages": [_text("返信2")]}
+    assert (await _post(http, line, "/v2/bot/message/reply", body))[0] == 200
+    assert line.fake.texts(user) == ["返信", "一", "二", "返信2"]
+    assert await _consumption(http, line) == 2
+
+
+async def test_the_months_consumption_starts_again_at_zero_in_a_new_month(
+    line: FakeLineServer, http: aiohttp.ClientSession
+) -> None:
+    line.fake.quota_limit = 100
+    line.fake.consumption = 100
+    assert await _consumption(http, line) == 100
+    line.fake.advance(32 * 24 * 3600)
+    assert await _consumption(http, line) == 0
+    push = {"to": new_user_id(), "messages": [_text("来月")]}
+    assert (await _post(http, line, "/v2/bot/message/push", push))[0] == 200
+    assert await _consumption(http, line) == 1
+
+
 async def test_injected_latency_delays_the_answer(
     line: FakeLineServer, http: aiohttp.ClientSession
 ) -> None:
@@ -334,9 +385,9 @@ async def test_injected_latency_delays_the_answer(
     assert time.monotonic() - started >= 0.3
 
 
-async def test_the_webhook_sender_signs_as_line_and_its_reply_token_is_accepted(
-    line: FakeLineServer, http: aiohttp.ClientSession
-) -> None:
+@contextlib.asynccontextmanager
+async def _receiver() -> AsyncIterator[tuple[str, list[tuple[bytes, str]]]]:
+    """A webhook endpoint on a free port: its URL and what it received (body, signature)."""
     seen: list[tuple[bytes, str]] = []
 
     async def receive(request: web.Request) -> web.Response:
@@ -351,10 +402,35 @@ async def test_the_webhook_sender_signs_as_line_and_its_reply_token_is_accepted(
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        user = new_user_id()
-        result = await line.webhook.text(user, "たすけて", url=f"http://127.0.0.1:{port}/webhook")
+        yield f"http://127.0.0.1:{port}/webhook", seen
     finally:
         await runner.cleanup()
+
+
+async def test_the_control_api_names_the_message_it_sent_so_a_later_unsend_can_name_it(
+    line: FakeLineServer, http: aiohttp.ClientSession
+) -> None:
+    user = new_user_id()
+    async with _receiver() as (url, seen):
+        async with http.post(
+            line.url + "/fake/v1/webhook",
+            json={"url": url, "events": [{"type": "message", "userId": user, "text": "ごめん"}]},
+        ) as response:
+            [message_id] = (await response.json())["messageIds"]
+        unsend = {"type": "unsend", "userId": user, "messageId": message_id}
+        async with http.post(line.url + "/fake/v1/webhook", json={"url": url, "events": [unsend]}):
+            pass
+    sent, unsent = (json.loads(raw)["events"][0] for raw, _ in seen)
+    assert sent["message"]["id"] == message_id
+    assert unsent["unsend"]["messageId"] == message_id
+
+
+async def test_the_webhook_sender_signs_as_line_and_its_reply_token_is_accepted(
+    line: FakeLineServer, http: aiohttp.ClientSession
+) -> None:
+    user = new_user_id()
+    async with _receiver() as (url, seen):
+        result = await line.webhook.text(user, "たすけて", url=url)
     assert result.status == 200
     raw, sig = seen[0]
     expected = base64.b64encode(hmac.new(SECRET.encode(), raw, hashlib.sha256).digest()).decode()

@@ -1,36 +1,59 @@
 """Pytest fixtures: a real RabbitMQ always, MongoDB where there is one, fresh names per test.
 
-- Broker: ``RABBITMQ_URL`` if set, else a testcontainers RabbitMQ (needs a Docker engine).
+- Broker: ``RABBITMQ_URL`` if set, else a broker answering on 127.0.0.1:5672 (guest/guest, as
+  Debian's rabbitmq-server and the CI machine have it), else a testcontainers RabbitMQ (needs a
+  Docker engine).
 - Store: ``MONGODB_URL`` if set, else a testcontainers MongoDB where Docker runs, else the
-  in-process fake (``memory://``). The run's header says which of each is in use, and names
-  soudan-fakemongo (tools/fakemongo: mongomock behind the wire protocol) when ``MONGODB_URL``
-  points at one rather than at MongoDB.
+  in-process fake (``memory://``). ``--secantus`` starts a SecantusDB server for the run and
+  points ``MONGODB_URL`` at it; ``--store-tests-only`` keeps the tests that reach the store. The
+  header names what answers at ``MONGODB_URL`` from its buildInfo (SecantusDB or MongoDB x.y).
+- Cluster: ``rabbitmq_cluster`` starts three RabbitMQ nodes of their own (Debian's
+  ``rabbitmq-server``, free ports, a temporary directory) joined in one cluster, for the tests
+  marked ``cluster``; never the broker above.
 - Every test gets its own bus namespace (queues and exchanges) and its own database, removed
   afterwards, so tests never see each other's data.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import aio_pika
+import aiormq
 import pymongo
 import pytest
 
-from soudan_shared.bus import Bus
+from soudan_shared.bus import Bus, broker_urls
 from soudan_shared.store import MEMORY_URL, Store, open_store
+from soudan_shared.testing.cluster import Cluster, ClusterUnavailable, start_cluster
 from soudan_shared.topology import Topology
 
 RABBITMQ_IMAGE = "rabbitmq:4.1.4-management"
 MONGODB_IMAGE = "mongo:8.0.15"
+
+
+LOCAL_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def _local_broker_answers() -> bool:
+    """Whether an AMQP 0-9-1 broker answers on 127.0.0.1:5672 (Connection.Start within 2 s)."""
+    try:
+        with socket.create_connection(("127.0.0.1", 5672), timeout=2) as sock:
+            sock.sendall(b"AMQP\x00\x00\x09\x01")
+            frame = sock.recv(7)
+    except OSError:
+        return False
+    return len(frame) == 7 and frame[0] == 1  # a method frame on channel 0
 
 
 def _docker_available() -> bool:
@@ -60,6 +83,8 @@ def backend_choice() -> BackendChoice:
         docker_ok: bool | None = None
         if os.environ.get("RABBITMQ_URL"):
             broker = "RABBITMQ_URL"
+        elif _local_broker_answers():
+            broker = "local"
         else:
             docker_ok = _docker_available()
             broker = "testcontainers" if docker_ok else "none"
@@ -76,15 +101,13 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     choice = backend_choice()
     broker = {
         "RABBITMQ_URL": f"real RabbitMQ at {_redact(os.environ.get('RABBITMQ_URL'))}",
+        "local": f"real RabbitMQ answering at {_redact(LOCAL_RABBITMQ_URL)} (guest/guest; "
+        "no RABBITMQ_URL)",
         "testcontainers": f"real RabbitMQ in a testcontainers container ({RABBITMQ_IMAGE})",
-        "none": "NONE: set RABBITMQ_URL or run a Docker engine; broker tests will fail",
+        "none": "NONE: set RABBITMQ_URL, start RabbitMQ on 127.0.0.1:5672 or run a "
+        "Docker engine; broker tests will fail",
     }[choice.broker]
-    mongodb = f"real MongoDB at {_redact(os.environ.get('MONGODB_URL'))}"
-    if choice.store == "MONGODB_URL" and _is_fakemongo(os.environ["MONGODB_URL"]):
-        mongodb = (
-            "soudan-fakemongo (mongomock behind the MongoDB wire protocol; NOT MongoDB) at "
-            + _redact(os.environ["MONGODB_URL"])
-        )
+    mongodb = _describe_server(os.environ["MONGODB_URL"]) if choice.store == "MONGODB_URL" else ""
     store = {
         "MONGODB_URL": mongodb,
         "testcontainers": f"real MongoDB in a testcontainers container ({MONGODB_IMAGE})",
@@ -94,23 +117,74 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [f"soudan broker: {broker}", f"soudan store:  {store}"]
 
 
-# soudan-fakemongo (tools/fakemongo) puts this field in its hello; a MongoDB server never does.
-FAKEMONGO_MARKER = "soudanFakemongo"
-
-
-def _is_fakemongo(url: str) -> bool:
-    """Whether the server at ``url`` answers hello as soudan-fakemongo (1 s at most)."""
+def _describe_server(url: str) -> str:
+    """What answers at ``url``, from its buildInfo: SecantusDB names itself there (5 s at most)."""
     try:
         client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-            url, serverSelectionTimeoutMS=1000, connectTimeoutMS=1000, socketTimeoutMS=1000
+            url, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000, socketTimeoutMS=5000
         )
         try:
-            hello = client.admin.command("hello")
+            info = client.admin.command("buildInfo")
         finally:
             client.close()
-    except Exception:
-        return False
-    return bool(hello.get(FAKEMONGO_MARKER))
+    except Exception as exc:
+        return f"MONGODB_URL {_redact(url)}, not answering ({type(exc).__name__})"
+    if info.get("secantusVersion"):
+        return (
+            f"SecantusDB {info['secantusVersion']} (reports MongoDB {info.get('version')}; "
+            f"NOT MongoDB) at {_redact(url)}"
+        )
+    return f"MongoDB {info.get('version')} at {_redact(url)}"
+
+
+# -- options: the SecantusDB pass ---------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("soudan")
+    group.addoption(
+        "--secantus",
+        action="store_true",
+        help="start a SecantusDB server (secantusd-py) on a free port with its data in a "
+        "temporary directory, point MONGODB_URL at it, stop it at the end",
+    )
+    group.addoption(
+        "--store-tests-only",
+        action="store_true",
+        help="run only the tests that use the store (those whose fixtures reach mongodb_url)",
+    )
+
+
+_secantus: Any = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _secantus
+    if config.getoption("secantus", False) and _secantus is None:
+        import tempfile
+        from pathlib import Path
+
+        from soudan_shared.testing.secantus import start_secantus
+
+        data_dir = Path(tempfile.mkdtemp(prefix="soudan-secantus-"))
+        _secantus = start_secantus(data_dir)
+        os.environ["MONGODB_URL"] = _secantus.url
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _secantus
+    if _secantus is not None:
+        _secantus.stop()
+        shutil.rmtree(_secantus.data_dir, ignore_errors=True)
+        _secantus = None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("store_tests_only", False):
+        return
+    keep = [item for item in items if "mongodb_url" in getattr(item, "fixturenames", ())]
+    config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+    items[:] = keep
 
 
 def _redact(url: str | None) -> str:
@@ -126,11 +200,12 @@ def _redact(url: str | None) -> str:
 
 
 class BrokerControl:
-    """Fault injection on the broker itself."""
+    """Fault injection on the broker itself, for the whole broker or for one virtual host."""
 
-    def __init__(self, url: str, container: Any = None) -> None:
+    def __init__(self, url: str, container: Any = None, vhost: str | None = None) -> None:
         self.url = url
         self._container = container
+        self.vhost = vhost  # None: the URL's own (the default one); the cut reaches everyone
 
     @property
     def host(self) -> str:
@@ -147,17 +222,37 @@ class BrokerControl:
         creds = netloc[0] + "@" if len(netloc) == 2 else ""
         return parts._replace(netloc=f"{creds}127.0.0.1:{port}").geturl()
 
+    @contextlib.contextmanager
+    def own_vhost(self) -> Iterator[BrokerControl]:
+        """A virtual host of its own, for the URL's user, deleted afterwards: connections cut
+        there (``close_all_connections``) are only the ones made through it, so a fault test
+        never reaches another test's connections, in this process or in a parallel run."""
+        name = f"soudan-fault-{uuid.uuid4().hex[:10]}"
+        user = unquote(urlsplit(self.url).username or "guest")
+        self._rabbitmqctl("add_vhost", name)
+        try:
+            self._rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
+            url = urlsplit(self.url)._replace(path="/" + quote(name, safe="")).geturl()
+            yield BrokerControl(url, self._container, vhost=name)
+        finally:
+            self._rabbitmqctl("delete_vhost", name)
+
     def close_all_connections(self) -> None:
-        """Have the broker close every client connection (``rabbitmqctl close_all_connections``)."""
-        args = ["rabbitmqctl", "close_all_connections", "soudan fault test"]
+        """Have the broker close every client connection (``rabbitmqctl close_all_connections``)
+        of this control's virtual host, or of the whole broker for the default one."""
+        scope = ["--vhost", self.vhost] if self.vhost else []
+        self._rabbitmqctl("close_all_connections", *scope, "soudan fault test")
+
+    def _rabbitmqctl(self, *args: str) -> None:
+        command = ["rabbitmqctl", *args]
         if self._container is not None:
-            code, out = self._container.exec(args)
+            code, out = self._container.exec(command)
             if code != 0:
-                raise RuntimeError(f"rabbitmqctl failed in the container: {out!r}")
+                raise RuntimeError(f"rabbitmqctl {args[0]} failed in the container: {out!r}")
             return
         if shutil.which("rabbitmqctl") is None:
-            raise RuntimeError("rabbitmqctl is not on PATH; cannot close the broker's connections")
-        subprocess.run(args, check=True, capture_output=True, timeout=60)  # noqa: S603
+            raise RuntimeError(f"rabbitmqctl is not on PATH; cannot run rabbitmqctl {args[0]}")
+        subprocess.run(command, check=True, capture_output=True, timeout=60)  # noqa: S603
 
 
 @pytest.fixture(scope="session")
@@ -165,6 +260,9 @@ def broker() -> Iterator[BrokerControl]:
     choice = backend_choice()
     if choice.broker == "RABBITMQ_URL":
         yield BrokerControl(os.environ["RABBITMQ_URL"])
+        return
+    if choice.broker == "local":
+        yield BrokerControl(LOCAL_RABBITMQ_URL)
         return
     if choice.broker == "none":
         pytest.fail("no RabbitMQ: set RABBITMQ_URL or run a Docker engine for testcontainers")
@@ -174,6 +272,41 @@ def broker() -> Iterator[BrokerControl]:
         host = container.get_container_host_ip()
         port = container.get_exposed_port(5672)
         yield BrokerControl(f"amqp://guest:guest@{host}:{port}/", container)
+
+
+def own_vhost_fixtures() -> tuple[Any, Any]:
+    """``broker, rabbitmq_url = own_vhost_fixtures()`` in a test module that cuts the broker's
+    connections: the module's tests then run on a virtual host of their own (deleted after the
+    module), so the cut reaches only their connections, never another test's in this run or in
+    a run beside it."""
+
+    @pytest.fixture(name="broker", scope="module")
+    def module_broker(broker: BrokerControl) -> Iterator[BrokerControl]:
+        with broker.own_vhost() as own:
+            yield own
+
+    @pytest.fixture(name="rabbitmq_url", scope="module")
+    def module_rabbitmq_url(broker: BrokerControl) -> str:
+        return broker.url
+
+    return module_broker, module_rabbitmq_url
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_cluster() -> Iterator[Cluster]:
+    """Three RabbitMQ nodes of this machine's Debian RabbitMQ joined in a cluster, started for
+    the run and stopped at its end (the ``cluster`` tests). A cluster that cannot start fails
+    the tests that need it, with the reason; they are never skipped."""
+    try:
+        cluster = start_cluster(3)
+    except ClusterUnavailable as exc:
+        pytest.fail(f"the three-node RabbitMQ cluster did not start: {exc}", pytrace=False)
+    atexit.register(cluster.stop)  # also when the run is interrupted before the teardown
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -190,7 +323,16 @@ async def topology(rabbitmq_url: str) -> AsyncIterator[Topology]:
 
 
 async def delete_topology(url: str, topo: Topology) -> None:
-    connection = await aio_pika.connect(url, timeout=10)
+    """Delete ``topo``'s queues and exchanges, through the first of ``url``'s brokers (one
+    address, or several separated by commas) that answers."""
+    addresses = broker_urls(url)
+    for n, address in enumerate(addresses, 1):
+        try:
+            connection = await aio_pika.connect(address, timeout=10)
+            break
+        except (OSError, TimeoutError, aiormq.exceptions.AMQPError):
+            if n == len(addresses):
+                raise
     async with connection:
         channel = await connection.channel()
         for spec in topo.queues:

@@ -4,12 +4,14 @@ Every LINE endpoint goes through the same steps, in the order LINE applies them 
 documentation tells: injected latency; bearer token (401); rate limit (429); an injected failure;
 body size (413); ``X-Line-Retry-Key`` (400 where not allowed or not a UUID, 409 with
 ``x-line-accepted-request-id`` when already accepted); JSON and shape (400 with LINE's error
-body); the endpoint's own rule (reply token, monthly quota). Every answer carries
-``x-line-request-id``.
+body); the endpoint's own rule (reply token, read token, monthly quota). Every answer carries
+``x-line-request-id``. Read marks and the loading animation count nothing against the month's
+quota, as on LINE.
 
 The control API under ``/fake/v1/`` lets a test or a script in another process do what the
-in-process handle does: read what a user received, switch faults, set the quota, send signed
-webhooks. It needs no token.
+in-process handle does: read what a user received and what their chat shows (which of their
+messages show 既読, the loading animations, ``/fake/v1/users/{userId}/chat``), switch faults, set
+the quota, send signed webhooks. It needs no token.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from aiohttp import web
 from soudan_fakeline import validation
 from soudan_fakeline.platform import (
     BROADCAST,
+    LOADING,
+    MARK_AS_READ,
     MULTICAST,
     NARROWCAST,
     PUSH,
@@ -290,6 +294,34 @@ async def _consumption(ctx: Context) -> tuple[int, dict[str, Any], str]:
     return 200, {"totalUsage": ctx.fake.consumption}, "application/json"
 
 
+# -- the chat: read marks (既読) and the loading animation -------------------------------------
+
+
+async def _mark_as_read(ctx: Context) -> tuple[int, dict[str, Any], str]:
+    """``POST /v2/bot/chat/markAsRead``: the token's message and the user's earlier ones show
+    既読. An unknown token is 400 (LINE: "Tokens must be used by the bot that received them via
+    Webhook"); a known one may be used again, and never expires. Free of the month's quota."""
+    body = await ctx.json_body()
+    details = validation.check_mark_as_read(body)
+    if details:
+        raise _invalid(details)
+    if ctx.fake.mark_read(body["markAsReadToken"]) is None:
+        raise _error(400, "An invalid markAsReadToken is specified")
+    return 200, {}, "application/json"
+
+
+async def _loading_start(ctx: Context) -> tuple[int, dict[str, Any], str]:
+    """``POST /v2/bot/chat/loading/start``: 202 and the animation in the user's chat for
+    ``loadingSeconds`` (default 20), until then or until a message reaches the user; a new
+    start replaces the time left. Free of the month's quota."""
+    body = await ctx.json_body()
+    details = validation.check_loading(body, ctx.fake.strict_ids)
+    if details:
+        raise _invalid(details)
+    ctx.fake.start_loading(body["chatId"], int(body.get("loadingSeconds", 20)), ctx.request_id)
+    return 202, {}, "application/json"
+
+
 # -- rich menus -----------------------------------------------------------------------------------
 
 
@@ -494,6 +526,21 @@ async def _control_messages(request: web.Request) -> web.Response:
     )
 
 
+async def _control_chat(request: web.Request) -> web.Response:
+    """What the user's chat shows of the bot's side: which of the user's messages show 既読,
+    the loading animations started, and whether one shows now."""
+    fake = request.app[FAKE]
+    user_id = request.match_info["userId"]
+    return web.json_response(
+        {
+            "userId": user_id,
+            "sent": [i.to_json() for i in fake.sent_by(user_id)],
+            "loading": [x.to_json() for x in fake.loadings_of(user_id)],
+            "loadingShown": fake.loading_shown(user_id),
+        }
+    )
+
+
 async def _control_requests(request: web.Request) -> web.Response:
     fake = request.app[FAKE]
     endpoint = request.query.get("endpoint")
@@ -566,6 +613,7 @@ async def _control_webhook(request: web.Request) -> web.Response:
             "status": result.status,
             "replyTokens": [e.get("replyToken") for e in events],
             "webhookEventIds": [e["webhookEventId"] for e in events],
+            "messageIds": [(e.get("message") or {}).get("id") for e in events],
         }
     )
 
@@ -577,6 +625,8 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v2/bot/message/multicast", _line_endpoint(MULTICAST, _multicast))
     r.add_post("/v2/bot/message/broadcast", _line_endpoint(BROADCAST, _broadcast))
     r.add_post("/v2/bot/message/narrowcast", _line_endpoint(NARROWCAST, _broadcast))
+    r.add_post("/v2/bot/chat/markAsRead", _line_endpoint(MARK_AS_READ, _mark_as_read))
+    r.add_post("/v2/bot/chat/loading/start", _line_endpoint(LOADING, _loading_start))
     r.add_get("/v2/bot/message/quota", _line_endpoint(QUOTA, _quota, read_body=False))
     r.add_get(
         "/v2/bot/message/quota/consumption",
@@ -616,6 +666,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/oauth2/v2.1/revoke", _revoke_token)
 
     r.add_get("/fake/v1/users/{userId}/messages", _control_messages)
+    r.add_get("/fake/v1/users/{userId}/chat", _control_chat)
     r.add_get("/fake/v1/requests", _control_requests)
     r.add_get("/fake/v1/stats", _control_stats)
     r.add_post("/fake/v1/faults", _control_faults)

@@ -53,6 +53,9 @@ def _serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--webhook-url", default=None, help="default target of webhooks")
     parser.add_argument("--quota", type=int, default=None, help="monthly message limit")
     parser.add_argument(
+        "--consumption", type=int, default=0, help="messages already used this month (default 0)"
+    )
+    parser.add_argument(
         "--multicast-rate", type=float, default=200.0, help="multicast requests/s (default 200)"
     )
     parser.add_argument(
@@ -71,6 +74,7 @@ async def _serve(args: argparse.Namespace) -> None:
         strict_ids=not args.lenient_ids,
     )
     fake.rate_limits["multicast"] = RateLimit(args.multicast_rate)
+    fake.consumption = args.consumption
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, args.host, args.port).start()

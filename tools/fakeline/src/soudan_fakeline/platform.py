@@ -18,6 +18,7 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 # Endpoint names used by rate limits, faults and the request log.
@@ -30,8 +31,11 @@ QUOTA = "quota"
 QUOTA_CONSUMPTION = "quota_consumption"
 RICHMENU = "richmenu"
 TOKEN = "token"  # noqa: S105 - an endpoint name, not a secret
+MARK_AS_READ = "mark_as_read"
+LOADING = "loading"
 
 RETRY_KEY_TTL = 24 * 3600.0
+JST = timezone(timedelta(hours=9), "JST")  # LINE counts the monthly quota by the month in Japan
 REPLY_TOKEN_TTL = 60.0
 MESSAGE_ENDPOINTS = (REPLY, PUSH, MULTICAST, BROADCAST, NARROWCAST)
 RETRY_KEY_ENDPOINTS = (PUSH, MULTICAST, BROADCAST, NARROWCAST)
@@ -172,6 +176,44 @@ class ReplyToken:
 
 
 @dataclass
+class Inbound:
+    """A message a user sent (through the webhook sender), and whether it shows 既読."""
+
+    user_id: str
+    message_id: str
+    read_token: str
+    at: float
+    read_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.message_id,
+            "at": self.at,
+            "read": self.read_at is not None,
+            "readAt": self.read_at,
+        }
+
+
+@dataclass(frozen=True)
+class Loading:
+    """One ``loading/start`` LINE took: the animation in ``user_id``'s chat from ``at`` for
+    ``seconds``, or until a message reaches the user."""
+
+    user_id: str
+    seconds: int
+    at: float
+    request_id: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "userId": self.user_id,
+            "seconds": self.seconds,
+            "at": self.at,
+            "requestId": self.request_id,
+        }
+
+
+@dataclass
 class AcceptedKey:
     request_id: str
     expires_at: float
@@ -208,6 +250,9 @@ class FakeLine:
 
     ``access_tokens`` are the channel access tokens it accepts (more can be added, or removed to
     simulate a revoked token, at any time). ``quota_limit`` None means no monthly target limit.
+    ``consumption`` is the month's count of recipients of push, multicast, narrowcast and
+    broadcast (replies are free); it starts again at 0 when the month (in Japan) changes on the
+    fake's clock, as LINE's does.
     ``strict_ids`` checks that ``to`` looks like a LINE id (``U`` + 32 hex), as LINE does.
     """
 
@@ -224,13 +269,17 @@ class FakeLine:
     assertion_verifier: Callable[[str], bool] | None = None
 
     def __post_init__(self) -> None:
-        self.consumption = 0
+        self._consumption = 0
+        self._consumption_month = ""
         self._offset = 0.0
         self._seq = 0
         self.deliveries: list[Delivery] = []
         self._by_user: dict[str, list[Delivery]] = defaultdict(list)
         self.requests: deque[RequestRecord] = deque(maxlen=100_000)
         self.reply_tokens: dict[str, ReplyToken] = {}
+        self.read_tokens: dict[str, Inbound] = {}
+        self._inbound: dict[str, list[Inbound]] = defaultdict(list)
+        self.loadings: list[Loading] = []
         self.retry_keys: dict[str, AcceptedKey] = {}
         self.faults: list[Fault] = []
         self.followers: set[str] = set()
@@ -241,6 +290,23 @@ class FakeLine:
         self._release: asyncio.Event | None = None  # made in the serving loop, when first needed
 
     # -- time ------------------------------------------------------------------------------------
+
+    def month(self) -> str:
+        """The month the quota counts, ``YYYY-MM`` in Japan, by the fake's clock."""
+        return datetime.fromtimestamp(self.now(), UTC).astimezone(JST).strftime("%Y-%m")
+
+    @property
+    def consumption(self) -> int:
+        """Messages counted against the quota this month (0 again in a new month)."""
+        if self._consumption_month != self.month():
+            self._consumption = 0
+            self._consumption_month = self.month()
+        return self._consumption
+
+    @consumption.setter
+    def consumption(self, value: int) -> None:
+        self._consumption = value
+        self._consumption_month = self.month()
 
     def now(self) -> float:
         return self.clock() + self._offset
@@ -265,6 +331,60 @@ class FakeLine:
             return None
         entry.used = True
         return entry.user_id
+
+    # -- read marks (既読) and the loading animation ---------------------------------------------
+
+    def issue_read_token(self, user_id: str, message_id: str) -> str:
+        """The ``markAsReadToken`` of a message ``user_id`` sent: no expiry, usable again."""
+        token = secrets.token_urlsafe(24)
+        inbound = Inbound(user_id, message_id, token, self.now())
+        self.read_tokens[token] = inbound
+        self._inbound[user_id].append(inbound)
+        return token
+
+    def mark_read(self, token: str) -> list[Inbound] | None:
+        """Mark the token's message and every earlier one of its user read (LINE's rule); the
+        messages newly read, or None if the token is unknown."""
+        marked = self.read_tokens.get(token)
+        if marked is None:
+            return None
+        now = self.now()
+        newly = []
+        for inbound in self._inbound[marked.user_id]:
+            if inbound.read_at is None:
+                inbound.read_at = now
+                newly.append(inbound)
+            if inbound is marked:
+                break
+        return newly
+
+    def sent_by(self, user_id: str) -> list[Inbound]:
+        """The messages ``user_id`` sent, in order, each with whether it shows 既読."""
+        return list(self._inbound.get(user_id, ()))
+
+    def read(self, user_id: str) -> list[str]:
+        """The ids of the messages of ``user_id`` that show 既読."""
+        return [i.message_id for i in self._inbound.get(user_id, ()) if i.read_at is not None]
+
+    def start_loading(self, user_id: str, seconds: int, request_id: str) -> Loading:
+        loading = Loading(user_id, seconds, self.now(), request_id)
+        self.loadings.append(loading)
+        return loading
+
+    def loadings_of(self, user_id: str) -> list[Loading]:
+        return [x for x in self.loadings if x.user_id == user_id]
+
+    def loading_shown(self, user_id: str) -> bool:
+        """Whether ``user_id`` sees the animation now: the latest start has not run out, and no
+        message reached the user since (either ends it, as on LINE)."""
+        starts = self.loadings_of(user_id)
+        if not starts:
+            return False
+        last = starts[-1]
+        now = self.now()
+        if now >= last.at + last.seconds:
+            return False
+        return not any(d.at >= last.at for d in self._by_user.get(user_id, ()))
 
     # -- authorisation ---------------------------------------------------------------------------
 
@@ -436,6 +556,9 @@ class FakeLine:
         self._by_user.clear()
         self.requests.clear()
         self.reply_tokens.clear()
+        self.read_tokens.clear()
+        self._inbound.clear()
+        self.loadings.clear()
         self.retry_keys.clear()
         self.clear_faults()
         self.rich_menus.clear()
@@ -454,6 +577,8 @@ class FakeLine:
             "byStatus": dict(by_status),
             "byEndpoint": dict(by_endpoint),
             "deliveries": len(self.deliveries),
+            "readMessages": sum(1 for i in self.read_tokens.values() if i.read_at is not None),
+            "loadings": len(self.loadings),
             "held": self.held,
             "recipients": len(self._by_user),
             "consumption": self.consumption,

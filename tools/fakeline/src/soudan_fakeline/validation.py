@@ -2,7 +2,8 @@
 
 The shapes follow ``messaging-api.yml`` (``ReplyMessageRequest``, ``PushMessageRequest``,
 ``MulticastRequest``, ``BroadcastRequest``, ``Message`` and its kinds, ``QuickReply``,
-``RichMenuRequest``) and the limits the spec does not carry (``line-openapi/README.md``). A
+``RichMenuRequest``, ``MarkMessagesAsReadByTokenRequest``, ``ShowLoadingAnimationRequest``) and
+the limits the spec does not carry (``line-openapi/README.md``). A
 failure is a list of ``{"message", "property"}`` details, which the API answers as
 ``400 {"message": "The request body has N error(s)", "details": [...]}``.
 """
@@ -20,6 +21,7 @@ MAX_ACTION_LABEL = 20
 MAX_POSTBACK_DATA = 300
 MAX_RICH_MENU_AREAS = 20
 MAX_CHAT_BAR_TEXT = 14
+LOADING_SECONDS = range(5, 61, 5)  # 5..60, multiples of 5 (ShowLoadingAnimationRequest)
 RICH_MENU_SIZES = ((2500, 1686), (2500, 843), (1200, 810), (1200, 405), (800, 540), (800, 270))
 
 USER_ID = re.compile(r"^U[0-9a-f]{32}$")
@@ -193,6 +195,31 @@ def check_multicast(body: dict[str, Any], strict_ids: bool) -> Details:
 def check_broadcast(body: dict[str, Any]) -> Details:
     details: Details = []
     check_messages(body, details)
+    return details
+
+
+def check_mark_as_read(body: dict[str, Any]) -> Details:
+    details: Details = []
+    token = body.get("markAsReadToken")
+    if not isinstance(token, str) or not token:
+        _detail(details, "markAsReadToken", "May not be empty")
+    return details
+
+
+def check_loading(body: dict[str, Any], strict_ids: bool) -> Details:
+    """``chatId`` a user id (one-on-one chats only), ``loadingSeconds`` (default 20) 5..60 in
+    steps of 5."""
+    details: Details = []
+    chat_id = body.get("chatId")
+    if not isinstance(chat_id, str) or not chat_id:
+        _detail(details, "chatId", "May not be empty")
+    elif strict_ids and not USER_ID.match(chat_id):
+        _detail(details, "chatId", "The property, 'chatId', in the request body is invalid")
+    seconds = body.get("loadingSeconds", 20)
+    if isinstance(seconds, bool) or not isinstance(seconds, int):
+        _detail(details, "loadingSeconds", "Must be an integer")
+    elif seconds not in LOADING_SECONDS:
+        _detail(details, "loadingSeconds", "Must be a multiple of 5 between 5 and 60")
     return details
 
 

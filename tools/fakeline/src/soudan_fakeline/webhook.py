@@ -4,7 +4,8 @@ LINE sends ``POST <webhook URL>`` with a JSON body ``{"destination": <bot user i
 [...]}``, the header ``X-Line-Signature`` (base64 of the HMAC-SHA256 of the raw body under the
 channel secret), ``Content-Type: application/json`` and a ``LineBotWebhook/2.0`` user agent. Each
 event that can be answered carries a reply token; the sender issues it from the fake platform,
-which will then accept it once, within a minute.
+which will then accept it once, within a minute. Each message carries a ``markAsReadToken``,
+which the platform accepts at ``/v2/bot/chat/markAsRead`` for as long as it runs.
 """
 
 from __future__ import annotations
@@ -87,11 +88,13 @@ class WebhookSender:
     ) -> dict[str, Any]:
         event = self._base("message", user_id)
         event["replyToken"] = self.fake.issue_reply_token(user_id)
+        line_id = message_id or new_message_id()
         event["message"] = {
             "type": "text",
-            "id": message_id or new_message_id(),
+            "id": line_id,
             "text": text,
             "quoteToken": secrets.token_urlsafe(24),
+            "markAsReadToken": self.fake.issue_read_token(user_id, line_id),
         }
         return event
 
@@ -99,7 +102,12 @@ class WebhookSender:
         """An image, video, audio, file, location or sticker message (its content is not sent)."""
         event = self._base("message", user_id)
         event["replyToken"] = self.fake.issue_reply_token(user_id)
-        message: dict[str, Any] = {"type": kind, "id": new_message_id()}
+        line_id = new_message_id()
+        message: dict[str, Any] = {
+            "type": kind,
+            "id": line_id,
+            "markAsReadToken": self.fake.issue_read_token(user_id, line_id),
+        }
         if kind in ("image", "video", "audio"):
             message["contentProvider"] = {"type": "line"}
         if kind == "sticker":
