@@ -19,7 +19,9 @@ import statistics
 import time
 import unicodedata
 from collections.abc import Callable
+from pathlib import Path
 
+from soudan_triage.risk import load_lexicon
 from soudan_triage.urgency import Detector
 
 EVERYDAY = [
@@ -96,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
 
     pinned = pin_to_one_core()
-    detector = Detector()
+    detector = Detector(lexicon=load_lexicon(Path("deploy/config")))
     messages = corpus(args.messages, args.seed)
     urgent = sum(detector.detect(m).urgent for m in messages)
     per_second(detector.detect, messages[:2000])  # warm up

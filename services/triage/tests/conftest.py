@@ -14,6 +14,7 @@ import shutil
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -21,8 +22,9 @@ from soudan_shared.bus import Bus
 from soudan_shared.contracts import Fact, SendText
 from soudan_shared.runtime import BUS, start_site
 from soudan_shared.store import Store
+from soudan_shared.testing.plugin import delete_topology
 from soudan_shared.testing.proxy import free_port
-from soudan_shared.topology import FACTS_QUEUE, SEND_TEXT_QUEUE
+from soudan_shared.topology import FACTS_QUEUE, SEND_TEXT_QUEUE, Topology
 from soudan_triage.app import create_app
 from soudan_triage.settings import TriageSettings
 from soudan_triage.testing import (
@@ -73,14 +75,30 @@ async def start_triage(
     config_dir: Path,
     store: Store,
     make_bus: Callable[..., Bus],
+    rabbitmq_url: str,
 ) -> AsyncIterator[StartTriage]:
+    """``shards`` sets LINE_EVENT_SHARDS for triage and the publisher alike; ``stop`` receives
+    what would stop the process (a shard mismatch) instead of SIGTERM; other keywords are
+    triage settings."""
     runners: list[web.AppRunner] = []
+    topologies: list[Topology] = []
+    stopped: list[str] = []
 
-    async def start(*, clock: Callable[[], datetime] = lambda: IN_HOURS) -> RunningTriage:
-        app = create_app(TriageSettings(), clock=clock)
+    async def start(
+        *,
+        clock: Callable[[], datetime] = lambda: IN_HOURS,
+        shards: int | None = None,
+        stop: Callable[[str], None] = stopped.append,
+        **overrides: Any,
+    ) -> RunningTriage:
+        if shards is not None:
+            overrides["line_event_shards"] = shards
+        settings = TriageSettings(**overrides)
+        topologies.append(settings.topology())
+        app = create_app(settings, clock=clock, stop=stop)
         runners.append(await start_site(app, free_port(), "127.0.0.1"))
         await app[BUS].wait_started(15)
-        publisher = make_bus("ingress")
+        publisher = make_bus("ingress", topology=settings.topology())
         publisher.start()
         await publisher.wait_started(10)
         return RunningTriage(app, publisher, store)
@@ -89,3 +107,6 @@ async def start_triage(
     for runner in reversed(runners):
         with contextlib.suppress(Exception):
             await runner.cleanup()
+    for topology in topologies:  # the queues of other shard counts than the test topology's
+        await delete_topology(rabbitmq_url, topology)
+    assert not stopped, f"triage would have stopped: {stopped}"

@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 from soudan_shared.contracts import Fact, Message
 from soudan_shared.facts import Facts
-from soudan_shared.records import INDEXES, MESSAGES, StoredMessage
+from soudan_shared.records import (
+    INDEXES,
+    MESSAGES,
+    REPLY_TOKENS,
+    StoredMessage,
+    claim_reply_token,
+    latest_reply_token,
+    record_reply_token,
+)
 from soudan_shared.store import Store
 from soudan_triage.retention import months_before, run_once
 from soudan_triage.store import EVENTS
@@ -91,6 +99,23 @@ async def test_the_record_of_webhook_events_is_kept_thirty_days(store: Store) ->
     await run_once(store.db, Facts(Recorder(), "triage"), now=NOW, months=12, holder="a")
 
     assert [d["_id"] for d in await events.find({}).to_list()] == ["recent"]
+
+
+@pytest.mark.integration
+async def test_reply_tokens_are_forgotten_after_a_day(store: Store) -> None:
+    db = store.db
+    for name, age in (("old", timedelta(days=2)), ("fresh", timedelta(hours=2))):
+        await record_reply_token(
+            db, f"token-{name}", user_id="U1", received_at=NOW - age, message_id=f"m-{name}"
+        )
+    # a token claimed by an automatic reply that triage never recorded (a follow's)
+    assert await claim_reply_token(db, "token-follow", "cmd-1", now=NOW - timedelta(days=3))
+
+    await run_once(db, Facts(Recorder(), "triage"), now=NOW, months=12, holder="a")
+
+    left = await db[REPLY_TOKENS].find({}).to_list()
+    assert [d["message_id"] for d in left] == ["m-fresh"]
+    assert await latest_reply_token(db, "U1") == ("token-fresh", NOW - timedelta(hours=2))
 
 
 @pytest.mark.integration

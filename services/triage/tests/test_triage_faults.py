@@ -18,13 +18,15 @@ from soudan_shared.facts import Facts
 from soudan_shared.records import CASES, INDEXES, MESSAGES
 from soudan_shared.store import Store
 from soudan_shared.testing.ledger import Ledger
-from soudan_shared.testing.plugin import BrokerControl
+from soudan_shared.testing.plugin import BrokerControl, own_vhost_fixtures
 from soudan_shared.testing.waiting import wait_until
 from soudan_triage.plan import Plan
 from soudan_triage.service import Triage
 from soudan_triage.store import EVENTS, TriageStore
 from soudan_triage.store import INDEXES as TRIAGE_INDEXES
 from soudan_triage.testing import IN_HOURS, NIGHT, Downstream, Line, StartTriage
+
+broker, rabbitmq_url = own_vhost_fixtures()  # the cuts here reach only this module
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.timeout(90)]
 

@@ -139,6 +139,7 @@ def test_the_matches_are_the_text_as_the_student_wrote_it() -> None:
         "urgent": True,
         "keywords": ["死に", "助け"],
         "matches": ["し　に　た　い", "ﾀｽｹ"],
+        "risks": [],
     }
 
 

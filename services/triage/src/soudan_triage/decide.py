@@ -21,8 +21,11 @@ Auto-replies (one per event at most):
   ``out_of_hours`` naming the next opening; if the message is urgent, ``urgent_out_of_hours``
   with the 24-hour help lines instead. Each is sent once per user per next opening (a student
   writing ten messages at night gets one reply, and one more if a later message is urgent);
-- a new case in hours while the service is congested → ``congestion`` (once: only the message
-  that opens the case can get it; ``Case.congestion_replied`` records it);
+- a new case in hours while the service is congested → ``congestion`` with the cases waiting
+  before the student and the estimated wait (once: only the message that opens the case can get
+  it; ``Case.congestion_replied`` records it); never to an urgent case, whose student is not
+  told to wait (it goes first). The later "we will answer soon" (``wait_notice``) is
+  :mod:`soudan_triage.timers`' business;
 - image, video, audio, file, location, sticker → ``media_refused``, at most once per user per
   ``auto_reply.media_refused_interval_minutes``; nothing of the content is fetched or stored
   (only that such a message came, in the open case if there is one: it opens none);
@@ -31,11 +34,19 @@ Auto-replies (one per event at most):
 - postback ``school_type=<key>`` → the acknowledgement for eligible or not (対象外: answered all
   the same, the user's cases marked ``out_of_scope``);
 - postback ``menu=hours`` / ``menu=policy`` / ``menu=inquiry`` (the rich menu) → the hours
-  (from ``hours.yaml``), the operating policy, the inquiry page.
+  (from ``hours.yaml``), the operating policy, the inquiry page;
+- postback ``checkin=<case id>&answer=<key>`` (the check-in after a close, sent by
+  :mod:`soudan_triage.timers`) → the choice's reply; the answer is kept with the case it was
+  asked about, the first tap only.
+
+Unfollow (block) by a student whose case is urgent (and open) or has an emergency open marks
+the case (``departure``) and publishes ``case.student_left``: the console alerts the
+supervisors live and mails ``EMERGENCY_RECIPIENTS``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -51,7 +62,14 @@ from soudan_shared.contracts import (
     stable_id,
 )
 from soudan_shared.facts import Facts
-from soudan_shared.records import Case, StoredMessage, incoming_message_id
+from soudan_shared.records import (
+    READ_TOKEN,
+    Case,
+    CaseDeparture,
+    RiskFound,
+    StoredMessage,
+    incoming_message_id,
+)
 
 from soudan_triage import congestion
 from soudan_triage.hours import Hours, HoursStatus, describe, format_moment
@@ -63,6 +81,16 @@ MEDIA_KINDS: Final = frozenset({"image", "video", "audio", "file", "location", "
 SCHOOL_TYPE_DATA: Final = "school_type"
 MENU_DATA: Final = "menu"
 MENU_TOPICS: Final = ("hours", "policy", "inquiry")
+
+
+CHECKIN_DATA: Final = "checkin"
+_CASE_ID: Final = re.compile(r"[0-9a-f]{32}")
+_CHOICE_KEY: Final = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
+def checkin_postback(case_id: str, key: str) -> str:
+    """The postback data of a check-in answer: ``checkin=<case id>&answer=<choice key>``."""
+    return f"{CHECKIN_DATA}={case_id}&answer={key}"
 
 
 def school_type_postback(key: str) -> str:
@@ -144,7 +172,6 @@ class Decider:
         if user is None:
             plan.user_insert = {"school_type": None, "eligible": None}
         plan.state_set["follow_ms"] = c.event.timestamp_ms
-        plan.state_max["last_event_ms"] = c.event.timestamp_ms
         messages = c.config.messages
         texts = [messages.follow.greeting, messages.follow.policy, messages.inquiry]
         quick: list[QuickReplyOption] = []
@@ -174,8 +201,30 @@ class Decider:
         plan.user_set = {"registered": False, "unfollowed_at": c.at, "updated_at": c.now}
         plan.user_insert = {"followed_at": c.at, "school_type": None, "eligible": None}
         plan.state_set["follow_ms"] = c.event.timestamp_ms
-        plan.state_max["last_event_ms"] = c.event.timestamp_ms
         plan.facts.append(self._fact(c, F.LINE_UNFOLLOWED, {"user_id": c.user_id}))
+        for doc in await self.store.cases_in_danger(c.user_id):
+            case = Case.model_validate(doc)
+            departure = CaseDeparture(
+                at=c.at,
+                event_id=c.event.webhook_event_id,
+                urgent=case.urgent,
+                emergency_ids=list(case.open_emergencies),
+            )
+            plan.departures.append({"case_id": case.id, "departure": departure.to_document()})
+            plan.facts.append(
+                self._fact(
+                    c,
+                    F.CASE_STUDENT_LEFT,
+                    {
+                        "case_id": case.id,
+                        "user_id": c.user_id,
+                        "urgent": case.urgent,
+                        "emergency_ids": list(case.open_emergencies),
+                        "case_state": case.state,
+                    },
+                    also=case.id,
+                )
+            )
         return plan
 
     # -- messages -----------------------------------------------------------------------------
@@ -184,13 +233,17 @@ class Decider:
         text = str(message.get("text") or "")
         line_id = str(message["id"])
         stored_id = incoming_message_id(line_id)
-        user = await self.store.user(c.user_id)
-        state = await self.store.user_state(c.user_id)
+        # A case (or an incoming message) is only ever stored with its user (the plan that
+        # stores the first one upserts the user first): a user with an open case is known, and
+        # a user not known has no case and no earlier messages to read.
         open_case = await self.store.open_case(c.user_id)
+        user = None if open_case is not None else await self.store.user(c.user_id)
+        known = open_case is not None or user is not None
+        state = await self.store.user_state(c.user_id)
         plan = Plan(outcome="message", user_id=c.user_id)
-        if user is None:
+        if not known:
             plan.user_insert = _registered_on_first_message(c)
-        detection = await self._detect(c, text, stored_id)
+        detection = await self._detect(c, text, stored_id, known=known)
         status = c.hours.status(c.at)
         new_case = open_case is None
         if open_case is None:
@@ -200,6 +253,7 @@ class Decider:
                 user_id=c.user_id,
                 urgent=detection.urgent,
                 keywords=list(detection.keywords),
+                risks=[RiskFound.model_validate(r.to_json()) for r in detection.risks],
                 out_of_scope=profile.get("eligible") is False,
                 school_type=profile.get("school_type"),
                 opened_at=c.at,
@@ -229,6 +283,7 @@ class Decider:
             newly_urgent = detection.urgent and not case.urgent
             if detection.urgent:
                 plan.case_keywords = list(detection.keywords)
+                plan.case_risks = [r.to_json() for r in detection.risks]
             if newly_urgent:
                 plan.case_set.update({"urgent": True, "flagged_urgent_at": c.at})
         plan.case_id = case.id
@@ -241,6 +296,7 @@ class Decider:
                         "case_id": case.id,
                         "user_id": c.user_id,
                         "keywords": list(detection.keywords),
+                        "risks": list(detection.categories),
                         "in_hours": status.accepting,
                     },
                 )
@@ -259,6 +315,7 @@ class Decider:
             at=c.at,
             unsent_at=unsent_at,
         ).to_document()
+        _keep_read_token(plan.message_insert, message)
         plan.facts.append(
             self._fact(
                 c,
@@ -271,7 +328,14 @@ class Decider:
                 },
             )
         )
-        plan.state_max["last_event_ms"] = c.event.timestamp_ms
+        token = c.event.event.get("replyToken")
+        if isinstance(token, str) and token:
+            # for a counselor's reply that comes while LINE still honours it (free)
+            plan.reply_token = {
+                "token": token,
+                "received_at": c.event.received_at,
+                "message_id": stored_id,
+            }
 
         goes_on = not new_case and (status.open or case.state == "active")
         if not status.accepting and not goes_on:
@@ -281,19 +345,30 @@ class Decider:
                 self.store.db, c.config.congestion, c.now, exclude_case=case.id
             )
             plan.facts.append(self._fact(c, F.CONGESTION_MEASURED, measured.fact_data(), at=c.now))
-            if measured.congested:
+            # an urgent case goes first in the queue: its student is never told to wait
+            if measured.congested and not detection.urgent:
                 case.congestion_replied = True
-                self._reply(
-                    plan, c, "congestion", [c.config.messages.auto_reply.congested], case_id=case.id
+                text = congestion.wait_text(
+                    c.config.messages.auto_reply.congested,
+                    ahead=measured.waiting,
+                    seconds=measured.estimated_wait_seconds,
                 )
+                self._reply(plan, c, "congestion", [text], case_id=case.id)
         if new_case:
             plan.case_insert = case.to_document()
+        if token and any(command.reply_token == token for command in plan.commands):
+            # The automatic reply answers with this token: dispatch's claim of it for that reply
+            # stores it (claim_reply_token), and after that no counselor's reply could use it.
+            plan.reply_token = None
         return plan
 
-    async def _detect(self, c: _Ctx, text: str, stored_id: str) -> Detection:
+    async def _detect(self, c: _Ctx, text: str, stored_id: str, *, known: bool) -> Detection:
+        """``known``: whether the user may have earlier messages (an unknown user has none)."""
         detection = c.detector.detect(text)
         if detection.urgent:
             return detection
+        if not known:
+            return c.detector.detect_across((), text)
         window = c.config.keywords.window
         earlier = await self.store.recent_texts(
             c.user_id,
@@ -331,7 +406,8 @@ class Decider:
         kind = str(message.get("type") or "unknown")
         user = await self.store.user(c.user_id)
         state = await self.store.user_state(c.user_id)
-        open_case = await self.store.open_case(c.user_id)
+        # an unknown user has no case (see _text)
+        open_case = await self.store.open_case(c.user_id) if user is not None else None
         plan = Plan(outcome="media_refused", user_id=c.user_id)
         if user is None:
             plan.user_insert = _registered_on_first_message(c)
@@ -349,6 +425,7 @@ class Decider:
                 text=None,
                 at=c.at,
             ).to_document()
+            _keep_read_token(plan.message_insert, message)
         interval = timedelta(minutes=c.config.messages.auto_reply.media_refused_interval_minutes)
         last: datetime | None = state.get("media_replied_at")
         reply = last is None or c.at - last >= interval
@@ -361,7 +438,6 @@ class Decider:
                 [c.config.messages.auto_reply.media_refused],
                 case_id=case_id,
             )
-        plan.state_max["last_event_ms"] = c.event.timestamp_ms
         plan.facts.append(
             self._fact(
                 c,
@@ -392,7 +468,6 @@ class Decider:
             plan.state_set["unsent"] = dict(
                 sorted(early.items(), key=lambda kv: kv[1])[-KEEP_UNSENT:]
             )
-        plan.state_max["last_event_ms"] = c.event.timestamp_ms
         plan.facts.append(
             self._fact(
                 c,
@@ -413,7 +488,40 @@ class Decider:
         topic = fields.get(MENU_DATA)
         if topic in MENU_TOPICS:
             return self._menu(c, topic)
+        if CHECKIN_DATA in fields:
+            return await self._checkin_answer(c, fields[CHECKIN_DATA], fields.get("answer", ""))
         return self._ignored(c.event, "unknown_postback")
+
+    async def _checkin_answer(self, c: _Ctx, case_id: str, key: str) -> Plan:
+        """The student's answer to the check-in of ``case_id`` (closed, maybe not their latest
+        case): kept with that case, the first tap only; a second tap changes nothing."""
+        if not (_CASE_ID.fullmatch(case_id) and _CHOICE_KEY.fullmatch(key)):
+            return self._ignored(c.event, "malformed_checkin")
+        choice = next((ch for ch in c.config.messages.checkin.choices if ch.key == key), None)
+        if choice is None:
+            return self._ignored(c.event, "unknown_checkin_answer")
+        doc = await self.store.case(case_id)
+        checkin = (doc or {}).get("checkin") or {}
+        if doc is None or doc.get("user_id") != c.user_id or checkin.get("state") != "sent":
+            return self._ignored(c.event, "unknown_checkin")
+        if checkin.get("answer"):
+            return self._ignored(c.event, "checkin_already_answered")
+        plan = Plan(outcome="checkin_answered", user_id=c.user_id)
+        plan.checkin_answer = {
+            "case_id": case_id,
+            "answer": choice.key,
+            "answer_label": choice.label,
+            "at": c.at,
+        }
+        plan.facts.append(
+            self._fact(
+                c,
+                F.CHECKIN_ANSWERED,
+                {"case_id": case_id, "user_id": c.user_id, "choice": choice.key},
+            )
+        )
+        self._reply(plan, c, "checkin_thanks", [choice.reply], case_id=case_id)
+        return plan
 
     async def _school_type(self, c: _Ctx, key: str) -> Plan:
         question = c.config.messages.school_type
@@ -429,8 +537,7 @@ class Decider:
         if user is None:
             plan.user_insert = {"registered": True, "followed_at": c.at, "unfollowed_at": None}
         plan.state_set["school_type_ms"] = c.event.timestamp_ms
-        plan.state_max["last_event_ms"] = c.event.timestamp_ms
-        open_case = await self.store.open_case(c.user_id)
+        open_case = await self.store.open_case(c.user_id) if user is not None else None
         case_id = None
         if open_case is not None:
             case_id = str(open_case["_id"])
@@ -450,7 +557,6 @@ class Decider:
     def _menu(self, c: _Ctx, topic: str) -> Plan:
         messages = c.config.messages
         plan = Plan(outcome=f"menu_{topic}", user_id=c.user_id)
-        plan.state_max["last_event_ms"] = c.event.timestamp_ms
         purpose: ReplyPurpose
         if topic == "policy":
             purpose, text = "policy", messages.follow.policy
@@ -476,11 +582,21 @@ class Decider:
 
     # -- building blocks -------------------------------------------------------------------
 
-    def _fact(self, c: _Ctx, kind: str, data: dict[str, Any], *, at: datetime | None = None) -> Any:
+    def _fact(
+        self,
+        c: _Ctx,
+        kind: str,
+        data: dict[str, Any],
+        *,
+        at: datetime | None = None,
+        also: str = "",
+    ) -> Any:
+        """A fact of this event (its id derived from the event, and ``also`` when the event
+        has several of one type)."""
         return self.facts.make(
             kind,
             data,
-            cause=c.event.webhook_event_id,
+            cause=f"{c.event.webhook_event_id}:{also}" if also else c.event.webhook_event_id,
             at=at or c.at,
             correlation_id=c.event.correlation_id,
         )
@@ -549,3 +665,11 @@ def _registered_on_first_message(c: _Ctx) -> dict[str, Any]:
         "eligible": None,
         "updated_at": c.now,
     }
+
+
+def _keep_read_token(document: dict[str, Any], message: dict[str, Any]) -> None:
+    """Keep the message's ``markAsReadToken`` with it, for the read mark (既読) a counselor's
+    reading sends later (``soudan_shared.records.newest_unread``); never logged."""
+    token = message.get("markAsReadToken")
+    if isinstance(token, str) and token:
+        document[READ_TOKEN] = token

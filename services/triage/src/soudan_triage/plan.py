@@ -36,10 +36,19 @@ class Plan:
     case_id: str | None = None
     case_set: dict[str, Any] = field(default_factory=dict)
     case_keywords: list[str] = field(default_factory=list)
+    #: ``RiskFound`` documents added to the open case
+    case_risks: list[dict[str, str]] = field(default_factory=list)
     #: a ``StoredMessage`` document
     message_insert: dict[str, Any] | None = None
     #: ``{"_id": stored message id, "unsent_at": datetime}``
     message_unsend: dict[str, Any] | None = None
+    #: the message's reply token ``{"token", "received_at", "message_id"}`` (``reply_tokens``)
+    reply_token: dict[str, Any] | None = None
+    #: a check-in answer ``{"case_id", "answer", "answer_label", "at"}``, kept on that case
+    #: (closed, maybe not the open one) unless it has an answer already
+    checkin_answer: dict[str, Any] | None = None
+    #: ``{"case_id", "departure": CaseDeparture document}``: a student in danger left
+    departures: list[dict[str, Any]] = field(default_factory=list)
     commands: list[SendText] = field(default_factory=list)
     facts: list[Fact] = field(default_factory=list)
 
@@ -70,6 +79,10 @@ _PLAIN = (
     "case_id",
     "case_set",
     "case_keywords",
+    "case_risks",
     "message_insert",
     "message_unsend",
+    "reply_token",
+    "checkin_answer",
+    "departures",
 )

@@ -3,7 +3,8 @@
 The erasure keeps every message record (who wrote, when, in which case, of what kind) and the
 facts the monthly report is built from; only ``text`` becomes ``None`` (with ``erased_at``), for
 incoming and outgoing messages alike. The same run forgets triage's record of webhook events
-older than 30 days (the duplicate check needs them only while LINE may redeliver). Each run
+older than 30 days (the duplicate check needs them only while LINE may redeliver) and the reply
+tokens older than a day (LINE honours them for about a minute). Each run
 publishes ``retention.run``.
 
 The job runs inside the service: every replica checks hourly (and at start); the first check of
@@ -26,7 +27,7 @@ import structlog
 from pymongo.errors import DuplicateKeyError
 from soudan_shared.fact_types import RETENTION_RUN
 from soudan_shared.facts import Facts
-from soudan_shared.records import MESSAGES, acquire_lease, release_lease
+from soudan_shared.records import MESSAGES, acquire_lease, forget_reply_tokens, release_lease
 
 from soudan_triage.store import KEEP_EVENTS, RUNS, TriageStore
 
@@ -36,6 +37,7 @@ TOKYO = ZoneInfo("Asia/Tokyo")
 LEASE = "triage:retention"
 LEASE_TTL = timedelta(hours=1)
 CHECK_EVERY = timedelta(hours=1)
+KEEP_REPLY_TOKENS = timedelta(days=1)  # LINE honours a reply token for about a minute
 
 
 def months_before(moment: datetime, months: int) -> datetime:
@@ -69,6 +71,7 @@ async def run_once(db: Any, facts: Facts, *, now: datetime, months: int, holder:
             return False
         erased, cutoff = await erase_old_texts(db, now=now, months=months)
         forgotten = await TriageStore(db).forget_events(now - KEEP_EVENTS)
+        await forget_reply_tokens(db, now - KEEP_REPLY_TOKENS)
         await facts.publish(
             RETENTION_RUN,
             {

@@ -1,12 +1,14 @@
 """The handler of ``LineEventReceived``: each ``webhookEventId`` has its effect once.
 
-For one event: if it is already ``done`` in ``triage_events``, nothing happens (LINE sends
-duplicates, and the broker redelivers what was not acknowledged). Otherwise the decision is
-made (:mod:`soudan_triage.decide`) and stored as a plan under the event id, *then* applied to
-the store, its ``SendText`` commands and facts published, and the event marked ``done``; the bus
-acknowledges the message after that. A crash anywhere before ``done`` leaves a stored plan that
-the redelivered event replays unchanged: every step is idempotent (see
-:mod:`soudan_triage.plan`), so nothing is lost and nothing happens twice.
+For one event: the decision is made (:mod:`soudan_triage.decide`, which only reads) and stored
+as a plan under the event id (an insert on the unique ``_id`` of ``triage_events``), *then*
+applied to the store, its ``SendText`` commands and facts published, and the event marked
+``done``; the bus acknowledges the message after that. If the insert finds the event already
+there (LINE sends duplicates, and the broker redelivers what was not acknowledged), the new
+decision is dropped: a ``done`` event changes nothing, and a crash anywhere before ``done`` left
+a stored plan that the redelivered event replays unchanged: every step is idempotent (see
+:mod:`soudan_triage.plan`), so nothing is lost and nothing happens twice. (Deciding before
+looking saves a read per event; a duplicate, rare, costs the reads of a decision.)
 
 If a counselor closes the case in the instant between deciding and applying, the fresh plan is
 dropped and the event decided again (its message then opens a new case).
@@ -18,6 +20,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from datetime import datetime
+from typing import Literal
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -30,6 +33,7 @@ from soudan_shared.facts import Facts, Publisher
 from soudan_triage.decide import Decider
 from soudan_triage.hours import Hours
 from soudan_triage.plan import Plan
+from soudan_triage.risk import load_lexicon
 from soudan_triage.store import TriageStore
 from soudan_triage.urgency import Detector
 
@@ -73,8 +77,9 @@ class Triage:
         self.metrics = metrics or TriageMetrics()
         self.decider = Decider(store, facts)
         self._hours: tuple[HoursConfig, Hours] | None = None
+        self._lexicon = load_lexicon(config.config_dir)
+        self._official = Detector(lexicon=self._lexicon)
         self._detector: tuple[tuple[str, ...], Detector] | None = None
-        self._official = Detector()
 
     def hours(self, config: HoursConfig) -> Hours:
         if self._hours is None or self._hours[0] != config:
@@ -83,11 +88,13 @@ class Triage:
 
     def detector(self, config: KeywordsConfig) -> Detector:
         if self._detector is None or self._detector[0] != config.extra:
-            self._detector = (config.extra, Detector(config.extra))
+            detector = Detector(config.extra, self._lexicon) if config.extra else self._official
+            self._detector = (config.extra, detector)
         return self._detector[1]
 
     def looks_urgent(self, event: LineEventReceived) -> bool:
-        """Whether the text of ``event`` alone holds a keyword, with the keywords last in force.
+        """Whether the text of ``event`` alone holds a keyword or a risk, with the keywords last
+        in force.
 
         The bus's priority test (it runs before the event is handled, without the store): an
         urgent-looking text jumps the events waiting ahead of it from other users. The verdict
@@ -107,18 +114,14 @@ class Triage:
     async def handle(self, event: LineEventReceived) -> None:
         started = time.perf_counter()
         event_id = event.webhook_event_id
-        record = await self.store.processed(event_id)
-        if record is not None and record.get("state") == "done":
+        # Decided first, stored if the event has no plan yet (one round trip, not a read and
+        # then a write); a duplicate (rare) is told by the stored one and its decision dropped.
+        plan, fresh = await self._plan(event)
+        if plan is None:
             self.metrics.events.labels(event.event_type, "duplicate").inc()
             log.info("line_event_duplicate", event_type=event.event_type)
             return
-        if record is None:
-            plan, fresh = await self._plan(event)
-            if plan is None:
-                self.metrics.events.labels(event.event_type, "duplicate").inc()
-                return
-        else:
-            plan, fresh = Plan.from_document(record["plan"]), False
+        if not fresh:
             log.info("line_event_replayed", event_type=event.event_type, outcome=plan.outcome)
         for _ in range(REPLAN_ATTEMPTS):
             if await self.store.apply(plan, guard_case=fresh) or not fresh:
@@ -144,7 +147,9 @@ class Triage:
         )
 
     async def _plan(self, event: LineEventReceived) -> tuple[Plan | None, bool]:
-        """Decide and store the plan; (None, False) if another delivery stored one first."""
+        """Decide and store the plan: (plan, True) if this delivery stored it; the plan stored
+        by an earlier delivery, not yet done, and False (a replay); (None, False) if the event
+        is done already."""
         config = await self.config.get()
         try:
             plan = await self.decider.decide(
@@ -155,12 +160,21 @@ class Triage:
                 now=self.clock(),
             )
         except (ValueError, TypeError, KeyError, OverflowError) as exc:
+            if (stored := await self._stored(event)) is not False:
+                return stored, False
             # The event itself is malformed (an impossible time, a field of the wrong type):
             # trying again cannot help; dead-letter it with the reason.
             raise Permanent(f"cannot decide {event.event_type} event: {exc!r}"[:300]) from exc
         if await self.store.save_plan(event.webhook_event_id, event.event_type, plan):
             return plan, True
+        stored = await self._stored(event)
+        return (stored or None), False
+
+    async def _stored(self, event: LineEventReceived) -> Plan | Literal[False] | None:
+        """The event's stored plan; None if the event is done; False if it has none."""
         record = await self.store.processed(event.webhook_event_id)
-        if record is None or record.get("state") == "done":
-            return None, False
-        return Plan.from_document(record["plan"]), False
+        if record is None:
+            return False
+        if record.get("state") == "done":
+            return None
+        return Plan.from_document(record["plan"])

@@ -8,7 +8,7 @@ Triage's own collections:
     is then dropped: it may hold a message text). The daily job forgets them after
     :data:`KEEP_EVENTS`, far longer than LINE redelivers an event.
 ``triage_users``
-    Per-user state the shared ``User`` does not carry: the timestamps of the last event, of the
+    Per-user state the shared ``User`` does not carry: the timestamps of the
     last follow/unfollow and school-type answer (so an older redelivered one cannot override a
     newer one), when the media reply was last sent, which next opening the last out-of-hours
     replies named, and the unsends that arrived before their message (``unsent``: LINE may
@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from pymongo.errors import DuplicateKeyError
 from soudan_shared.contracts import utcnow
-from soudan_shared.records import CASES, MESSAGES, USERS
+from soudan_shared.records import CASES, MESSAGES, USERS, record_reply_token
 from soudan_shared.store import IndexSpec
 
 from soudan_triage.plan import Plan
@@ -104,6 +104,29 @@ class TriageStore:
         )
         return docs[0] if docs else None
 
+    async def case(self, case_id: str) -> dict[str, Any] | None:
+        doc: dict[str, Any] | None = await self.db[CASES].find_one({"_id": case_id})
+        return doc
+
+    async def cases_in_danger(self, user_id: str) -> list[dict[str, Any]]:
+        """The user's cases that are open and urgent, or have an emergency open."""
+        docs: list[dict[str, Any]] = (
+            await self.db[CASES]
+            .find(
+                {
+                    "user_id": user_id,
+                    "$or": [
+                        {"state": {"$in": list(OPEN_STATES)}, "urgent": True},
+                        {"open_emergencies.0": {"$exists": True}},
+                    ],
+                }
+            )
+            .sort("opened_at", -1)
+            .limit(20)
+            .to_list()
+        )
+        return docs
+
     async def recent_texts(
         self, user_id: str, *, until: datetime, since: datetime, limit: int, exclude: str
     ) -> list[str]:
@@ -153,12 +176,17 @@ class TriageStore:
             await self.db[USERS].update_one({"_id": plan.user_id}, update, upsert=True)
         if plan.case_insert is not None:
             await _insert_once(self.db[CASES], plan.case_insert)
-        elif plan.case_id and (plan.case_set or plan.case_keywords):
+        elif plan.case_id and (plan.case_set or plan.case_keywords or plan.case_risks):
             case_update: dict[str, Any] = {}
             if plan.case_set:
                 case_update["$set"] = plan.case_set
+            added: dict[str, Any] = {}
             if plan.case_keywords:
-                case_update["$addToSet"] = {"keywords": {"$each": plan.case_keywords}}
+                added["keywords"] = {"$each": plan.case_keywords}
+            if plan.case_risks:
+                added["risks"] = {"$each": plan.case_risks}
+            if added:
+                case_update["$addToSet"] = added
             query: dict[str, Any] = {"_id": plan.case_id}
             if guard_case:
                 query["state"] = {"$ne": "closed"}
@@ -172,6 +200,26 @@ class TriageStore:
                 {"_id": plan.message_unsend["_id"]},
                 {"$set": {"text": None, "unsent_at": plan.message_unsend["unsent_at"]}},
             )
+        if plan.checkin_answer is not None:
+            answer = plan.checkin_answer
+            await self.db[CASES].update_one(
+                {"_id": answer["case_id"], "checkin.state": "sent", "checkin.answer": None},
+                {
+                    "$set": {
+                        "checkin.answer": answer["answer"],
+                        "checkin.answer_label": answer["answer_label"],
+                        "checkin.answered_at": answer["at"],
+                    }
+                },
+            )
+        for left in plan.departures:
+            departure = left["departure"]
+            await self.db[CASES].update_one(
+                {"_id": left["case_id"], "departure.event_id": {"$ne": departure["event_id"]}},
+                {"$set": {"departure": departure}},
+            )
+        if plan.user_id and plan.reply_token is not None:
+            await record_reply_token(self.db, user_id=plan.user_id, **plan.reply_token)
         if plan.user_id and (plan.state_set or plan.state_max):
             state_update: dict[str, Any] = {}
             if plan.state_set:

@@ -50,12 +50,14 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import jaconv
 from soudan_shared.config import OFFICIAL_KEYWORDS
+
+from soudan_triage.risk import Risk, RiskReader
 
 __all__ = ["Detection", "Detector", "normalize"]
 
@@ -417,17 +419,24 @@ def _split_first(alternative: str) -> list[tuple[str, str]]:
 @dataclass(frozen=True)
 class Detection:
     """The verdict on one message: the keywords matched (official spelling, or the extra
-    keyword as configured; first occurrence first) and the text of the message that matched.
+    keyword as configured; first occurrence first), the text of the message that matched, and
+    the risks the risk reader found (:mod:`soudan_triage.risk`). Urgent when either holds.
 
     ``matches`` is worked out on first reading (triage itself needs only the keywords).
     """
 
     keywords: tuple[str, ...] = ()
+    risks: tuple[Risk, ...] = ()
     _trace: Callable[[], tuple[str, ...]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def urgent(self) -> bool:
-        return bool(self.keywords)
+        return bool(self.keywords or self.risks)
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """The risk categories found, first occurrence first."""
+        return tuple(dict.fromkeys(r.category for r in self.risks))
 
     @functools.cached_property
     def matches(self) -> tuple[str, ...]:
@@ -438,6 +447,7 @@ class Detection:
             "urgent": self.urgent,
             "keywords": list(self.keywords),
             "matches": list(self.matches),
+            "risks": [r.to_json() for r in self.risks],
         }
 
 
@@ -445,9 +455,17 @@ NOT_URGENT: Final = Detection()
 
 
 class Detector:
-    """Matches the official 14 keywords (always) and ``extra`` keywords. Pure and reusable."""
+    """Matches the official 14 keywords (always) and ``extra`` keywords, and reads the message
+    for risks when given a ``risk.yaml`` lexicon (:func:`soudan_triage.risk.load_lexicon`).
+    Pure and reusable."""
 
-    def __init__(self, extra: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        extra: Iterable[str] = (),
+        lexicon: Mapping[str, Any] | None = None,
+        risk_cache: int = 4096,
+    ) -> None:
+        """``risk_cache``: how many sentences the risk reader keeps its readings of."""
         patterns = list(_OFFICIAL)
         for word in dict.fromkeys(extra):
             folded = normalize(word)
@@ -455,14 +473,26 @@ class Detector:
                 continue
             patterns.append(_Pattern(word, re.escape(folded)))
         self._matcher = _Matcher(patterns)
+        self._official = _Matcher(_OFFICIAL)
+        self._risk = (
+            RiskReader(lexicon, self._official_in, risk_cache) if lexicon is not None else None
+        )
+
+    @property
+    def risk_reader(self) -> RiskReader | None:
+        return self._risk
+
+    def _official_in(self, kana: str) -> tuple[str, ...]:
+        return _keywords(self._official.find(_letters(kana)))
 
     def detect(self, text: str) -> Detection:
-        """The keywords in one message."""
+        """The keywords and risks in one message."""
         letters = _letters(text)
         found = self._matcher.find(letters)
-        if not found:
+        risks = self._risk.read(text, letters) if self._risk is not None else ()
+        if not found and not risks:
             return NOT_URGENT
-        return Detection(_keywords(found), lambda: _trace(found, letters, text))
+        return Detection(_keywords(found), risks, lambda: _trace(found, letters, text))
 
     def detect_across(self, earlier: Sequence[str], text: str) -> Detection:
         """A keyword that ``text`` completes, begun in the ``earlier`` messages (oldest first).
@@ -472,17 +502,20 @@ class Detector:
         """
         if not earlier:
             return NOT_URGENT
+        risks = self._risk.read_across(earlier, text) if self._risk is not None else ()
         head = "".join(_letters(t) for t in earlier)
         tail = _letters(text)
-        if not head or not tail:
-            return NOT_URGENT
         joined = head + tail
         boundary = len(head)
-        found = [f for f in self._matcher.find(joined) if f[1] < boundary < f[2]]
-        if not found:
+        found = []
+        if head and tail:
+            found = [f for f in self._matcher.find(joined) if f[1] < boundary < f[2]]
+        if not found and not risks:
             return NOT_URGENT
         return Detection(
-            _keywords(found), lambda: tuple(dict.fromkeys(joined[a:b] for _, a, b in found))
+            _keywords(found),
+            risks,
+            lambda: tuple(dict.fromkeys(joined[a:b] for _, a, b in found)),
         )
 
 
