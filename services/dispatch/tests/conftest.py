@@ -77,6 +77,7 @@ def dispatch_settings(
             "send_max_attempts": 4,
             "line_request_timeout": 2.0,
             "broadcast_schedule": False,
+            "richmenu_auto": False,
             "dispatch_port": free_port(),
         }
         values.update(overrides)

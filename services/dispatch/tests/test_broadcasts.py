@@ -3,32 +3,39 @@ the month's quota, and the scheduled announcements once across replicas."""
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+import yaml
 from soudan_dispatch.broadcasts import BROADCASTS, CHUNKS, PROGRESS, Broadcaster
 from soudan_dispatch.line import LineClient, LineResult, TokenSource
+from soudan_dispatch.quota import BUDGET
 from soudan_dispatch.schedule import SCHEDULE, Scheduler, due_announcements
 from soudan_dispatch.sending import Backoff
 from soudan_fakeline import FakeLineServer, new_user_id
 from soudan_shared.bus import Bus
-from soudan_shared.config import SoudanConfig, load_config
+from soudan_shared.config import HoursConfig, SoudanConfig, load_config
+from soudan_shared.config_store import ConfigSource, save_override
 from soudan_shared.contracts import Message, StartBroadcast, utcnow
 from soudan_shared.fact_types import (
     BROADCAST_CHUNK_SENT,
     BROADCAST_FINISHED,
     BROADCAST_REFUSED,
     BROADCAST_STARTED,
+    LINE_QUOTA_READ,
 )
 from soudan_shared.facts import Facts
+from soudan_shared.hours import Hours
 from soudan_shared.records import USERS
 from soudan_shared.testing.waiting import wait_until
 
-from .conftest import Dispatch, FactLog
+from .conftest import Dispatch, FactLog, running_dispatch
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "deploy" / "config"
 
@@ -112,6 +119,19 @@ async def test_the_target_group_leaves_out_only_those_known_to_be_outside_it(
 
 @pytest.mark.integration
 @pytest.mark.timeout(60)
+async def test_lines_broadcast_endpoint_is_refused_for_the_target_group_in_words_an_admin_reads(
+    dispatch: Dispatch, line: FakeLineServer, publisher: Bus, facts: FactLog, db: Any
+) -> None:
+    await _users(db, 3, eligible=True)
+    await publisher.publish(_broadcast(audience="target_group", method="broadcast"))
+    [refused] = await wait_until(lambda: facts.of(BROADCAST_REFUSED), timeout=20)
+    assert "友だち全員に届く" in refused.data["reason"]
+    assert line.fake.requests_to("broadcast") == []
+    assert line.fake.requests_to("multicast") == []
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
 async def test_a_broadcast_over_the_months_quota_is_refused_unless_forced(
     dispatch: Dispatch, line: FakeLineServer, publisher: Bus, facts: FactLog, db: Any
 ) -> None:
@@ -121,7 +141,7 @@ async def test_a_broadcast_over_the_months_quota_is_refused_unless_forced(
     command = _broadcast()
     await publisher.publish(command)
     [refused] = await wait_until(lambda: facts.of(BROADCAST_REFUSED), timeout=20)
-    assert "quota" in refused.data["reason"]
+    assert "より多いため送りませんでした" in refused.data["reason"]  # shown in the console
     assert "600" in refused.data["reason"]
     assert line.fake.requests_to("multicast") == []
     assert (await db[BROADCASTS].find_one({"_id": command.broadcast_id}))["state"] == "refused"
@@ -292,3 +312,126 @@ async def test_a_scheduled_announcement_is_published_once_across_replicas(
     assert sum(len(p) for p in published) == 1
     [marker] = await db[SCHEDULE].find({}).to_list()
     assert marker["template"] == "open_now"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(30)
+async def test_open_now_is_not_broadcast_at_17_on_a_day_the_console_closed_at_16_30(
+    config: SoudanConfig, db: Any, publisher: Bus, tmp_path: Path
+) -> None:
+    config_dir = tmp_path / "config"
+    shutil.copytree(CONFIG_DIR, config_dir)
+    messages = yaml.safe_load((config_dir / "messages.yaml").read_text(encoding="utf-8"))
+    messages["broadcast"]["schedule"]["open_now"] = "every_session"
+    (config_dir / "messages.yaml").write_text(yaml.safe_dump(messages, allow_unicode=True))
+    day = config.hours.periods[0].start + timedelta(days=10)
+    hours = config.hours.model_dump(mode="json")
+    hours["overrides"] = [
+        {"date": str(day), "sessions": [{"open": "13:00", "close": "16:30"}], "note": "行事"}
+    ]
+    await save_override(db, "hours", HoursConfig.model_validate(hours), staff_id="admin")
+    source = ConfigSource(config_dir, db)
+    moment = _jst(day.year, day.month, day.day, 17, 0)
+
+    scheduler = Scheduler(publisher, db, source.get, clock=lambda: moment.astimezone(UTC))
+    assert await scheduler.run_once() == []
+    assert Hours((await source.get()).hours).status(moment).accepting is False
+
+    earlier = _jst(day.year, day.month, day.day, 13, 0)
+    scheduler.clock = lambda: earlier.astimezone(UTC)
+    assert len(await scheduler.run_once()) == 1
+    [marker] = await db[SCHEDULE].find({}).to_list()
+    assert marker["due_at"] == earlier
+
+
+@pytest.mark.unit
+def test_open_now_follows_a_periods_own_hours_and_skips_its_closed_dates(
+    config: SoudanConfig,
+) -> None:
+    period = config.hours.periods[0]
+    hours = config.hours.model_dump(mode="json")
+    hours["periods"][0]["weekly"] = {
+        day: [{"open": "13:00", "last_acceptance": "15:30", "close": "16:00"}]
+        for day in ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+    }
+    hours["closed_dates"] = [
+        {"start": str(period.start), "end": str(period.start), "note": "開始日は休み"}
+    ]
+    changed = config.model_copy(update={"hours": HoursConfig.model_validate(hours)})
+    start, second = period.start, period.start + timedelta(days=1)
+    assert due_announcements(changed, _jst(start.year, start.month, start.day, 13, 0)) == []
+    assert due_announcements(changed, _jst(second.year, second.month, second.day, 17, 0)) == []
+    [opening] = due_announcements(changed, _jst(second.year, second.month, second.day, 13, 0))
+    assert opening.template == "open_now"
+    assert opening.until == _jst(second.year, second.month, second.day, 15, 30)
+
+
+# -- the reserve kept for conversations ------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+async def test_a_broadcast_that_would_eat_the_reserve_is_refused_by_dispatch(
+    dispatch_settings: Any, line: FakeLineServer, publisher: Bus, facts: FactLog, db: Any
+) -> None:
+    await _users(db, 600)
+    line.fake.quota_limit = 1000
+    line.fake.consumption = 300  # 700 left: enough for 600, but not with 200 kept back
+    async with running_dispatch(dispatch_settings(line_monthly_reserve=200)):
+        command = _broadcast()
+        await publisher.publish(command)
+        [refused] = await wait_until(lambda: facts.of(BROADCAST_REFUSED), timeout=20)
+    assert "残しておく" in refused.data["reason"]  # shown in the console as it is
+    assert "600" in refused.data["reason"]
+    assert "200" in refused.data["reason"]
+    assert line.fake.requests_to("multicast") == []
+    assert line.fake.consumption == 300
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+async def test_a_scheduled_broadcast_never_eats_the_default_reserve(
+    config: SoudanConfig,
+    dispatch: Dispatch,
+    line: FakeLineServer,
+    publisher: Bus,
+    facts: FactLog,
+    db: Any,
+) -> None:
+    await _users(db, 50)
+    line.fake.quota_limit = 500
+    line.fake.consumption = 420  # 80 left, 50 of them the default reserve (a tenth of 500)
+    start = config.hours.periods[0].start
+    at = _jst(start.year, start.month, start.day, 17, 1).astimezone(UTC)
+
+    async def get_config() -> SoudanConfig:
+        return config
+
+    [published] = await Scheduler(publisher, db, get_config, clock=lambda: at).run_once()
+    [refused] = await wait_until(lambda: facts.of(BROADCAST_REFUSED), timeout=20)
+    assert refused.data["broadcast_id"] == published
+    assert "残しておく" in refused.data["reason"]  # shown in the console as it is
+    assert line.fake.requests_to("multicast") == []
+    assert facts.of(BROADCAST_FINISHED) == []
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+async def test_dispatch_reads_the_budget_again_after_a_broadcast_and_shows_it_as_a_gauge(
+    dispatch: Dispatch, line: FakeLineServer, publisher: Bus, facts: FactLog, db: Any
+) -> None:
+    await _users(db, 30)
+    line.fake.quota_limit = 1000
+    line.fake.consumption = 100
+    await publisher.publish(_broadcast())
+    await wait_until(lambda: facts.of(BROADCAST_FINISHED), timeout=20)
+    readings = await wait_until(
+        lambda: [f for f in facts.of(LINE_QUOTA_READ) if f.data["used"] == 130], timeout=10
+    )
+    assert readings[-1].data == {"limit": 1000, "used": 130, "remaining": 870, "reserve": 100}
+    stored = await db[BUDGET].find_one({"_id": "current"})
+    assert (stored["used"], stored["remaining"], stored["reserve"]) == (130, 870, 100)
+    async with aiohttp.ClientSession() as http, http.get(dispatch.url + "/metrics") as response:
+        metrics = await response.text()
+    assert 'soudan_line_quota_messages{kind="used"} 130.0' in metrics
+    assert 'soudan_line_quota_messages{kind="remaining"} 870.0' in metrics

@@ -18,6 +18,7 @@ from soudan_fakeline import FakeLineServer, new_user_id
 from soudan_shared.bus import REASON_HEADER, Bus
 from soudan_shared.contracts import QuickReplyOption, SendText, utcnow
 from soudan_shared.fact_types import LINE_API_ERROR, REPLY_FAILED, REPLY_SENT
+from soudan_shared.records import MESSAGES, claim_reply_token
 from soudan_shared.testing.proxy import free_port
 from soudan_shared.testing.waiting import wait_until
 from soudan_shared.topology import SEND_TEXT_QUEUE, Topology
@@ -345,3 +346,83 @@ async def test_calls_to_line_go_through_the_proxy_named_in_the_environment(
     assert result.status == 200
     assert seen == ["POST /v2/bot/message/push"]
     assert line.fake.texts(user) == ["プロキシ経由"]
+
+
+async def test_a_reply_line_refuses_is_marked_failed_in_the_conversation_and_names_its_author(
+    dispatch: Dispatch, line: FakeLineServer, publisher: Bus, facts: FactLog, db: Any
+) -> None:
+    line.fake.inject("push", status=403, times=10)
+    user = new_user_id()
+    command = SendText(
+        to=user,
+        texts=["一つ目", "二つ目"],
+        purpose="counselor_reply",
+        case_id="case-9",
+        staff_id="staff-7",
+    )
+    await publisher.publish(command)
+    failed = await wait_until(lambda: facts.of(REPLY_FAILED), timeout=15, message="failed")
+    assert failed[0].data["staff_id"] == "staff-7"
+    assert failed[0].data["problem"] == "forbidden"
+    stored = await db[MESSAGES].find({"command_id": command.id}).sort("_id", 1).to_list()
+    assert [m["text"] for m in stored] == ["一つ目", "二つ目"]
+    assert {m["delivery"] for m in stored} == {"failed"}
+    assert {m["delivery_problem"] for m in stored} == {"forbidden"}
+
+
+async def test_an_automatic_reply_is_kept_in_the_conversation_as_sent(
+    dispatch: Dispatch, line: FakeLineServer, publisher: Bus, facts: FactLog, db: Any
+) -> None:
+    user = new_user_id()
+    command = _send(user, "いまは受付時間外です。")
+    await publisher.publish(command)
+    await _sent_fact(facts, command)
+    [stored] = await db[MESSAGES].find({"user_id": user}).to_list()
+    assert stored["direction"] == "out"
+    assert stored["purpose"] == "out_of_hours"
+    assert stored["case_id"] == "case-1"
+    assert stored["text"] == "いまは受付時間外です。"
+    assert stored["delivery"] == "sent"
+    assert stored["staff_id"] is None
+
+
+async def test_of_two_commands_with_the_same_reply_token_only_the_first_replies(
+    dispatch: Dispatch, line: FakeLineServer, publisher: Bus, facts: FactLog, db: Any
+) -> None:
+    # The student's message got an automatic reply and a counselor answered within the
+    # token's window with the same token: one reply (free), one push, each text once.
+    user = new_user_id()
+    token = line.fake.issue_reply_token(user)
+    automatic = _send(user, "受け付けました", token=token, age=2)
+    counselor = SendText(
+        to=user,
+        texts=["相談員の佐藤です"],
+        purpose="counselor_reply",
+        reply_token=token,
+        reply_token_received_at=utcnow() - timedelta(seconds=3),
+        case_id="case-1",
+        staff_id="staff-1",
+    )
+    await publisher.publish(automatic)
+    assert (await _sent_fact(facts, automatic)).data["method"] == "reply"
+    await publisher.publish(counselor)
+    assert (await _sent_fact(facts, counselor)).data["method"] == "push"
+    assert [r.status for r in line.fake.requests_to("reply")] == [200]
+    assert line.fake.texts(user) == ["受け付けました", "相談員の佐藤です"]
+    assert line.fake.consumption == 1
+    stored = await db[MESSAGES].find({"user_id": user}).to_list()
+    assert {m["delivery"] for m in stored} == {"sent"}
+
+
+async def test_a_redelivered_reply_keeps_the_token_it_claimed(
+    dispatch: Dispatch, line: FakeLineServer, publisher: Bus, facts: FactLog, db: Any
+) -> None:
+    user = new_user_id()
+    token = line.fake.issue_reply_token(user)
+    command = _send(user, "もう一度", token=token, age=2)
+    # an earlier delivery of the same command claimed the token and died before replying
+    assert await claim_reply_token(db, token, command.id)
+    assert not await claim_reply_token(db, token, "another-command")
+    await publisher.publish(command)
+    assert (await _sent_fact(facts, command)).data["method"] == "reply"
+    assert line.fake.texts(user) == ["もう一度"]

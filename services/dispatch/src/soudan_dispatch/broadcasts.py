@@ -16,11 +16,12 @@ where it stopped and no user receives the announcement twice:
    LINE answers 409 and it counts as sent.
 3. **Finish.** Every chunk sent or failed: ``finished``, with recipients and failures.
 
-Before planning, the month's quota is checked (``quota`` and ``quota/consumption``); a broadcast
-that would exceed the target limit is refused with its reason (``broadcast.refused``) unless
-``force`` is set. With ``method: broadcast`` LINE's ``broadcast`` endpoint is used instead: one
-request to every friend of the account, limited by LINE to 60 an hour (for ``registered`` only,
-since LINE cannot tell the target group).
+Before planning, the month's quota is checked (``quota`` and ``quota/consumption``, see
+:mod:`soudan_dispatch.quota`); a broadcast, manual or scheduled, that would exceed the target limit
+or leave less than the reserve kept for conversations (``LINE_MONTHLY_RESERVE``) is refused with
+its reason (``broadcast.refused``) unless ``force`` is set. With ``method: broadcast`` LINE's
+``broadcast`` endpoint is used instead: one request to every friend of the account, limited by
+LINE to 60 an hour (for ``registered`` only, since LINE cannot tell the target group).
 
 Transient failures (429, 5xx, no answer) are tried again with backoff; a chunk that still fails
 stops the broadcast with an exception, so the bus redelivers it later and it resumes (until the
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -49,6 +50,7 @@ from soudan_shared.records import USERS
 from soudan_shared.store import IndexSpec
 
 from soudan_dispatch.line import LineClient, LineError, LineResult, retry_key
+from soudan_dispatch.quota import read_budget
 from soudan_dispatch.sending import Backoff, report_api_error, with_backoff
 
 log = structlog.get_logger(__name__)
@@ -91,6 +93,15 @@ class Pacer:
             await asyncio.sleep(slot - now)
 
 
+def _described(command: StartBroadcast) -> dict[str, Any]:
+    """What the console lists a broadcast it did not request by (a scheduled one)."""
+    return {
+        "requested_by": command.requested_by,
+        "template": command.template,
+        "texts_digest": command.texts_digest,
+    }
+
+
 class BroadcastRefused(Exception):
     pass
 
@@ -107,6 +118,8 @@ class Broadcaster:
         backoff: Backoff,
         rate: float = 180.0,
         concurrency: int = 16,
+        reserve: int | None = None,
+        after: Callable[[], Awaitable[Any]] | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.line = line
@@ -118,6 +131,8 @@ class Broadcaster:
         self.backoff = backoff
         self.rate = rate
         self.concurrency = concurrency
+        self.reserve = reserve
+        self.after = after  # called once a broadcast finished (reads the budget again)
         self.clock = clock
 
     async def handle(self, command: StartBroadcast) -> None:
@@ -142,6 +157,8 @@ class Broadcaster:
             await self._send_chunks(command, doc)
         doc = await self._finish(command)
         await self._publish_finished(command, doc)
+        if self.after is not None:
+            await self.after()
 
     # -- plan ---------------------------------------------------------------------------------
 
@@ -151,8 +168,8 @@ class Broadcaster:
         if command.method == "broadcast" and command.audience != "registered":
             await self._refuse(
                 command,
-                "LINE's broadcast endpoint reaches every friend; use multicast for "
-                "the target group",
+                "LINEの「全員への一斉送信」は友だち全員に届くため、"
+                "対象の学校の生徒だけに送ることはできません。",
             )
         await self.broadcasts.update_one(
             {"_id": bid},
@@ -196,6 +213,7 @@ class Broadcaster:
                 "planned": planned,
                 "chunks": chunks,
                 "forced": command.force,
+                **_described(command),
             },
             cause=bid,
             correlation_id=command.correlation_id,
@@ -250,26 +268,25 @@ class Broadcaster:
 
     async def _check_quota(self, command: StartBroadcast, planned: int) -> None:
         try:
-            kind, limit = await self.line.quota()
-            used = await self.line.consumption() if kind == "limited" else 0
+            budget = await read_budget(self.line, self.reserve)
         except LineError as exc:
             if command.force:
                 log.warning("broadcast_quota_unknown_forced", status=exc.status)
                 return
-            await self._refuse(command, f"the month's quota could not be read ({exc})")
-            return
-        if kind != "limited" or limit is None:
-            return
-        remaining = max(0, limit - used)
-        if planned > remaining:
-            reason = (
-                f"would exceed the month's message quota: {planned} recipients, "
-                f"{remaining} of {limit} left ({used} used)"
+            log.warning("broadcast_quota_unreadable", status=exc.status)
+            await self._refuse(
+                command,
+                "今月の残り通数をLINEから読み取れなかったため送りませんでした。"
+                "しばらくしてから、もう一度ためしてください。",
             )
-            if command.force:
-                log.warning("broadcast_over_quota_forced", planned=planned, remaining=remaining)
-                return
-            await self._refuse(command, reason)
+            return
+        reason = budget.refusal(planned)
+        if reason is None:
+            return
+        if command.force:
+            log.warning("broadcast_over_budget_forced", planned=planned, remaining=budget.remaining)
+            return
+        await self._refuse(command, reason)
 
     async def _refuse(self, command: StartBroadcast, reason: str) -> None:
         await self.broadcasts.update_one(
@@ -438,7 +455,12 @@ class Broadcaster:
         log.warning("broadcast_refused", broadcast_id=command.broadcast_id, reason=reason)
         await self.facts.publish(
             BROADCAST_REFUSED,
-            {"broadcast_id": command.broadcast_id, "reason": reason},
+            {
+                "broadcast_id": command.broadcast_id,
+                "reason": reason,
+                "audience": command.audience,
+                **_described(command),
+            },
             cause=f"{command.broadcast_id}:{command.id}",
             correlation_id=command.correlation_id,
         )

@@ -35,6 +35,7 @@ from linebot.v3.messaging import (  # type: ignore[import-untyped]
     AsyncMessagingApiBlob,
     BroadcastRequest,
     Configuration,
+    MarkMessagesAsReadByTokenRequest,
     MulticastRequest,
     PostbackAction,
     PushMessageRequest,
@@ -42,6 +43,7 @@ from linebot.v3.messaging import (  # type: ignore[import-untyped]
     QuickReplyItem,
     ReplyMessageRequest,
     RichMenuRequest,
+    ShowLoadingAnimationRequest,
     TextMessage,
 )
 from soudan_shared.contracts import QuickReplyOption
@@ -318,6 +320,27 @@ class LineClient:
             ),
         )
 
+    async def mark_as_read(self, read_token: str) -> LineResult:
+        """既読 on the student's message of ``read_token`` and every earlier one (free)."""
+        request = MarkMessagesAsReadByTokenRequest(markAsReadToken=read_token)
+        return await self._call(
+            "mark_as_read",
+            lambda: self._api.mark_messages_as_read_by_token_with_http_info(
+                request, _request_timeout=self.timeout
+            ),
+        )
+
+    async def start_loading(self, user_id: str, seconds: int) -> LineResult:
+        """The loading animation in ``user_id``'s chat for ``seconds`` (5..60, steps of 5), or
+        until a message of ours reaches it (free)."""
+        request = ShowLoadingAnimationRequest(chatId=user_id, loadingSeconds=seconds)
+        return await self._call(
+            "loading",
+            lambda: self._api.show_loading_animation_with_http_info(
+                request, _request_timeout=self.timeout
+            ),
+        )
+
     async def quota(self) -> tuple[str, int | None]:
         """(``none`` | ``limited``, the month's target limit or None)."""
         result = await self._call(
@@ -378,6 +401,21 @@ class LineClient:
                 return None
             raise
         return str(result.body.rich_menu_id)
+
+    async def rich_menu_name(self, rich_menu_id: str) -> str | None:
+        """The name of a rich menu; None when it does not exist."""
+        try:
+            result = await self._call(
+                "richmenu",
+                lambda: self._api.get_rich_menu_with_http_info(
+                    rich_menu_id, _request_timeout=self.timeout
+                ),
+            )
+        except LineError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return str(result.body.name)
 
     async def delete_rich_menu(self, rich_menu_id: str) -> None:
         await self._call(

@@ -1,6 +1,10 @@
 """Scheduled broadcasts: the period notice before each consultation period, "open now" at its
 opening (``messages.yaml`` → ``broadcast.schedule``, times in ``hours.yaml``'s time zone).
 
+The days and sessions are those of the one calendar (:mod:`soudan_shared.hours`) over the hours
+in force (the console's edits included, date overrides too), the calendar triage answers
+students with: "open now" goes out only while it says new consultations are taken.
+
 Every ``broadcast_schedule_interval`` seconds each replica works out which announcements are due
 now (:func:`due_announcements`) and, for each, takes the lease ``schedule:<key>``
 (:func:`soudan_shared.records.acquire_lease`), checks the stored "done" marker in
@@ -21,21 +25,20 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any, Literal
 
-import holidays
 import structlog
 from soudan_shared.bus import Bus, PublishFailed
-from soudan_shared.config import HoursConfig, SoudanConfig
+from soudan_shared.config import SoudanConfig
 from soudan_shared.contracts import StartBroadcast, stable_id, utcnow
+from soudan_shared.hours import Hours, Opening, describe_period
 from soudan_shared.records import acquire_lease
 
 log = structlog.get_logger(__name__)
 
 SCHEDULE = "dispatch_schedule"
 LEASE_TTL = timedelta(minutes=5)
-WEEKDAY_JA = ("月", "火", "水", "木", "金", "土", "日")
 
 
 @dataclass(frozen=True)
@@ -52,68 +55,36 @@ class Announcement:
         return "scheduled-" + stable_id("scheduled-broadcast", self.key)
 
 
-def is_open_day(hours: HoursConfig, day: date) -> bool:
-    """Whether ``day`` has sessions: in a period, not closed, not a closed public holiday."""
-    if not any(p.start <= day <= p.end for p in hours.periods):
-        return False
-    if any(c.start <= day <= c.end for c in hours.closed_dates):
-        return False
-    if hours.closed_on_public_holidays and day in holidays.country_holidays("JP", years=day.year):
-        return False
-    return bool(hours.weekly.sessions_on(day.weekday()))
-
-
-def _clock(t: time) -> str:
-    return f"{t.hour}:{t.minute:02d}"
-
-
-def describe_hours(hours: HoursConfig) -> str:
-    """The weekly hours in Japanese, e.g. 「毎日 17:00〜21:00（受付は20:30まで）」."""
-    groups: dict[str, list[int]] = {}
-    for weekday in range(7):
-        sessions = hours.weekly.sessions_on(weekday)
-        if not sessions:
-            continue
-        text = "、".join(
-            f"{_clock(s.open)}〜{_clock(s.close)}"
-            + (f"（受付は{_clock(s.last_acceptance)}まで）" if s.last_acceptance != s.close else "")
-            for s in sessions
-        )
-        groups.setdefault(text, []).append(weekday)
-    lines = []
-    for text, days in groups.items():
-        label = "毎日" if len(days) == 7 else "・".join(WEEKDAY_JA[d] for d in days)
-        lines.append(f"{label} {text}")
-    return "\n".join(lines)
-
-
-def describe_period(hours: HoursConfig, period_index: int) -> str:
-    period = hours.periods[period_index]
-    span = (
-        f"{period.start.year}年{period.start.month}月{period.start.day}日〜"
-        f"{period.end.year}年{period.end.month}月{period.end.day}日"
-    )
-    closed = [c for c in hours.closed_dates if c.end >= period.start and c.start <= period.end]
-    lines = [f"{period.name}：{span}", describe_hours(hours)]
-    for c in closed:
-        when = (
-            f"{c.start.month}月{c.start.day}日"
-            if c.start == c.end
-            else f"{c.start.month}月{c.start.day}日〜{c.end.month}月{c.end.day}日"
-        )
-        lines.append(f"※{when}はお休みです" + (f"（{c.note}）" if c.note else ""))
-    return "\n".join(lines)
-
-
 def due_announcements(config: SoudanConfig, now: datetime) -> list[Announcement]:
-    """The scheduled announcements due at ``now`` (aware), oldest first."""
-    hours = config.hours
+    """The scheduled announcements due at ``now`` (aware), oldest first.
+
+    Which days and sessions there are comes from the one calendar (:class:`Hours`), the same
+    that triage answers students with: periods with their own weekly hours, closed dates,
+    holidays and the console's date overrides. "Open now" is due only while that calendar says
+    new consultations are taken, so it can never contradict the reply a student then gets.
+    """
+    hours = Hours(config.hours)
     templates = config.messages.broadcast
     plan = templates.schedule
-    tz = hours.timezone
+    tz = config.hours.timezone
     local = now.astimezone(tz)
+    accepting = hours.status(now).accepting
     due: list[Announcement] = []
-    for index, period in enumerate(hours.periods):
+
+    def open_now(key: str, opening: Opening) -> None:
+        if accepting and opening.open <= local < opening.last_acceptance:
+            due.append(
+                Announcement(
+                    key,
+                    "open_now",
+                    (templates.open_now,),
+                    opening.open,
+                    opening.last_acceptance,
+                    plan.audience,
+                )
+            )
+
+    for period in config.hours.periods:
         starts = datetime.combine(period.start, time(0, 0), tz)
         if plan.period_notice_days_before is not None:
             at = datetime.combine(
@@ -122,7 +93,9 @@ def due_announcements(config: SoudanConfig, now: datetime) -> list[Announcement]
                 tz,
             )
             if at <= local < starts:
-                text = templates.period_notice.format(period=describe_period(hours, index))
+                text = templates.period_notice.format(
+                    period=describe_period(config.hours, period, local.date())
+                )
                 due.append(
                     Announcement(
                         f"period_notice:{period.name}:{period.start}",
@@ -134,39 +107,13 @@ def due_announcements(config: SoudanConfig, now: datetime) -> list[Announcement]
                     )
                 )
         if plan.open_now == "period_start":
-            day = period.start
-            while day <= period.end and not is_open_day(hours, day):
-                day += timedelta(days=1)
-            if day <= period.end:
-                session = hours.weekly.sessions_on(day.weekday())[0]
-                at = datetime.combine(day, session.open, tz)
-                until = datetime.combine(day, session.last_acceptance, tz)
-                if at <= local < until:
-                    due.append(
-                        Announcement(
-                            f"open_now:{period.name}:{day}",
-                            "open_now",
-                            (templates.open_now,),
-                            at,
-                            until,
-                            plan.audience,
-                        )
-                    )
-    if plan.open_now == "every_session" and is_open_day(hours, local.date()):
-        for session in hours.weekly.sessions_on(local.date().weekday()):
-            at = datetime.combine(local.date(), session.open, tz)
-            until = datetime.combine(local.date(), session.last_acceptance, tz)
-            if at <= local < until:
-                due.append(
-                    Announcement(
-                        f"open_now:{local.date()}:{_clock(session.open)}",
-                        "open_now",
-                        (templates.open_now,),
-                        at,
-                        until,
-                        plan.audience,
-                    )
-                )
+            first = hours.first_opening_in(period.start, period.end)
+            if first is not None:
+                open_now(f"open_now:{period.name}:{first.open.date()}", first)
+    if plan.open_now == "every_session":
+        for opening in hours.openings_on(local.date()):
+            clock = f"{opening.open.hour}:{opening.open.minute:02d}"
+            open_now(f"open_now:{local.date()}:{clock}", opening)
     return sorted(due, key=lambda a: a.due_at)
 
 
@@ -224,6 +171,7 @@ class Scheduler:
             texts=list(announcement.texts),
             audience=announcement.audience,
             requested_by="schedule",
+            template=announcement.template,
         )
         try:
             await self.bus.publish(command)

@@ -2,8 +2,12 @@
 
 Reply or push
     A reply token younger than ``reply_token_max_age`` (50 s; LINE keeps them about a minute) is
-    tried first; replies are free and need no retry key. An older token, none, or LINE's 400 for
-    the token, means a push, with ``X-Line-Retry-Key`` set from the command's id on every try.
+    tried first; replies are free and need no retry key. Automatic replies carry their event's
+    token; a counselor's reply carries the student's latest unclaimed one (the console takes it
+    from ``reply_tokens``). Before the reply the command claims the token in the store
+    (``soudan_shared.records.claim_reply_token``): of two commands with the same token only the
+    first replies. An older token, none, one claimed by another command, or LINE's 400 for the
+    token, means a push, with ``X-Line-Retry-Key`` set from the command's id on every try.
 
 Failures
     429 (not the monthly limit), 5xx, timeouts and refused connections are tried again with
@@ -12,8 +16,9 @@ Failures
     ``reply.failed``: the bus would otherwise requeue it until its delivery limit.
 
 At most once, across redeliveries and crashes
-    The collection :data:`SENT` holds one document per command id. Before a reply is tried the
-    document records ``reply_tried_at``; after LINE accepted the message it records the method
+    The collection :data:`SENT` holds one document per command id. Before a reply is tried (the
+    token claimed) the document records ``reply_tried_at``, in the same round trip that reads
+    what an earlier delivery recorded; after LINE accepted the message it records the method
     and LINE's request id (``state: sent``), and a redelivered command that finds it sends
     nothing (it only publishes ``reply.sent`` again, under the same fact id).
 
@@ -42,10 +47,12 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 import structlog
+from pymongo import ReturnDocument
 from soudan_shared.bus import Permanent
 from soudan_shared.contracts import SendText, utcnow
 from soudan_shared.fact_types import LINE_API_ERROR, NOTE_MAYBE_TWICE, REPLY_FAILED, REPLY_SENT
 from soudan_shared.facts import Facts
+from soudan_shared.records import claim_reply_token, record_outgoing
 from soudan_shared.store import IndexSpec
 
 from soudan_dispatch.line import LineClient, LineError, LineResult, retry_key
@@ -79,6 +86,17 @@ class Outcome:
     request_id: str | None
     attempts: int
     note: str | None = None
+
+
+def problem_of(exc: LineError) -> str:
+    """A short code for why LINE did not take a message (the console words it for staff)."""
+    if exc.status == 0:
+        return "no_answer"
+    if exc.status >= 500:
+        return "line_unavailable"
+    if exc.monthly_limit:
+        return "monthly_limit"
+    return {429: "rate_limited", 401: "unauthorized", 403: "forbidden"}.get(exc.status, "refused")
 
 
 async def report_api_error(facts: Facts, exc: LineError, correlation_id: str) -> None:
@@ -129,8 +147,13 @@ class Sender:
         backoff: Backoff,
         reply_token_max_age: float = 50.0,
         clock: Callable[[], datetime] = utcnow,
+        began: Callable[[str], None] | None = None,
     ) -> None:
+        """``began(user_id)`` is told as each send to a student begins (the loading animation's
+        check, :class:`soudan_dispatch.chat.RecentSends`)."""
         self.line = line
+        self.began = began
+        self.db = store_db
         self.sent = store_db[SENT]
         self.facts = facts
         self.backoff = backoff
@@ -138,13 +161,28 @@ class Sender:
         self.clock = clock
 
     async def handle(self, command: SendText) -> None:
-        record = await self.sent.find_one({"_id": command.id})
+        young = self._young(command)
+        claimed = young and await self._claim(command)
+        if claimed:
+            # One round trip notes the reply about to be tried and reads what an earlier
+            # delivery of this command recorded (from before this note).
+            record = await self.sent.find_one_and_update(
+                {"_id": command.id},
+                {"$set": {"reply_tried_at": self.clock(), "to": command.to}},
+                upsert=True,
+                return_document=ReturnDocument.BEFORE,
+            )
+        else:
+            record = await self.sent.find_one({"_id": command.id})
         if record is not None and record.get("state") == "sent":
             log.info("send_text_already_sent", method=record.get("method"))
+            await self._delivered(command, record)
             await self._published_sent(command, record)
             return
+        if self.began is not None:
+            self.began(command.to)
         started = time.perf_counter()
-        outcome = await self._send(command, record)
+        outcome = await self._send(command, record, young=young, claimed=claimed)
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
         done = {
             "state": "sent",
@@ -158,6 +196,7 @@ class Sender:
             "note": outcome.note,
         }
         await self.sent.update_one({"_id": command.id}, {"$set": done}, upsert=True)
+        await self._delivered(command, done)
         log.info(
             "send_text_sent",
             method=outcome.method,
@@ -167,6 +206,16 @@ class Sender:
             user_id=command.to,
         )
         await self._published_sent(command, done)
+
+    async def _delivered(self, command: SendText, record: dict[str, Any]) -> None:
+        """The conversation shows the texts as sent (automatic replies included)."""
+        sent_at = record.get("sent_at") or self.clock()
+        await record_outgoing(
+            self.db,
+            command,
+            at=sent_at,
+            delivery={"delivery": "sent", "delivery_at": sent_at, "delivery_problem": None},
+        )
 
     async def _published_sent(self, command: SendText, record: dict[str, Any]) -> None:
         await self.facts.publish(
@@ -187,21 +236,31 @@ class Sender:
             correlation_id=command.correlation_id,
         )
 
+    async def _claim(self, command: SendText) -> bool:
+        """Whether the command's reply token is its own (see ``claim_reply_token``): an automatic
+        reply and a counselor's may carry the same one, and only one of them may use it."""
+        assert command.reply_token is not None
+        return await claim_reply_token(self.db, command.reply_token, command.id, now=self.clock())
+
     def _token_age(self, command: SendText) -> float | None:
         if command.reply_token_received_at is None:
             return None
         return (self.clock() - command.reply_token_received_at).total_seconds()
 
-    async def _send(self, command: SendText, record: dict[str, Any] | None) -> Outcome:
-        attempts = 0
+    def _young(self, command: SendText) -> bool:
+        """Whether the command carries a reply token young enough to try."""
         age = self._token_age(command)
+        return bool(command.reply_token) and (age is None or age < self.reply_token_max_age)
+
+    async def _send(
+        self, command: SendText, record: dict[str, Any] | None, *, young: bool, claimed: bool
+    ) -> Outcome:
+        """``claimed``: the command's young token is its own, and ``reply_tried_at`` is set."""
+        attempts = 0
         tried_before = record is not None and record.get("reply_tried_at") is not None
-        if command.reply_token and (age is None or age < self.reply_token_max_age):
-            await self.sent.update_one(
-                {"_id": command.id},
-                {"$set": {"reply_tried_at": self.clock(), "to": command.to}},
-                upsert=True,
-            )
+        if young and not claimed:
+            log.info("reply_token_claimed_by_another_command_push_instead", purpose=command.purpose)
+        elif young:
             outcome, attempts = await self._reply(command, tried_before)
             if outcome is not None:
                 return outcome
@@ -276,12 +335,27 @@ class Sender:
         reason = str(exc)
         if maybe_delivered:
             reason = f"may have been delivered (an earlier try got no clear answer); {reason}"
+        now = self.clock()
+        await record_outgoing(
+            self.db,
+            command,
+            at=now,
+            delivery={
+                "delivery": "failed",
+                "delivery_at": now,
+                "delivery_problem": problem_of(exc),
+                "delivery_status": exc.status,
+                "maybe_delivered": maybe_delivered,
+            },
+        )
         await self.facts.publish(
             REPLY_FAILED,
             {
                 "purpose": command.purpose,
                 "user_id": command.to,
                 "case_id": command.case_id,
+                "staff_id": command.staff_id,
+                "problem": problem_of(exc),
                 "reason": reason,
                 "status": exc.status,
                 "attempts": attempts,

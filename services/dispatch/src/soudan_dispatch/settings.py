@@ -43,12 +43,33 @@ class DispatchSettings(BaseServiceSettings, MongoSettings, LineApiSettings):
         default=180.0, gt=0, description="multicast requests/s (LINE allows 200)"
     )
     broadcast_concurrency: int = Field(default=16, ge=1, description="multicast requests in flight")
+    line_monthly_reserve: int | None = Field(
+        default=None,
+        ge=0,
+        description="messages of the month's quota kept for counselor replies and urgent "
+        "answers; a broadcast that would leave fewer is refused. Default: a tenth of the limit",
+    )
+    line_quota_check_interval: float = Field(
+        default=600.0, gt=0, description="seconds between readings of the month's quota"
+    )
     broadcast_schedule: bool = Field(
         default=True, description="send the configured scheduled broadcasts"
     )
     broadcast_schedule_interval: float = Field(
         default=60.0, gt=0, description="seconds between checks"
     )
+
+    richmenu_auto: bool = Field(
+        default=True,
+        description="apply the configured rich menu at start when the account has none or an "
+        "earlier Soudan one (and again when the configuration changes)",
+    )
+    richmenu_font: Path | None = Field(default=None, description="a font with Japanese glyphs")
+    richmenu_check_interval: float = Field(
+        default=300.0, gt=0, description="seconds between checks of the configured menu"
+    )
+    richmenu_backoff_seconds: float = Field(default=5.0, gt=0, description="first retry pause")
+    richmenu_backoff_max_seconds: float = Field(default=600.0, gt=0)
 
     @model_validator(mode="before")
     @classmethod
