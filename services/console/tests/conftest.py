@@ -13,7 +13,12 @@ import aiohttp
 import pytest
 from soudan_console.app import create_app
 from soudan_console.settings import ConsoleSettings
-from soudan_console.testing import RunningConsole, launched_chromium, use_cheap_password_hashing
+from soudan_console.testing import (
+    Browserless,
+    RunningConsole,
+    launched_chromium,
+    use_cheap_password_hashing,
+)
 from soudan_shared.bus import Bus
 from soudan_shared.contracts import Fact
 from soudan_shared.runtime import start_site
@@ -85,6 +90,20 @@ async def _ready(url: str) -> bool:
             return response.status == 200
     except aiohttp.ClientError:
         return False
+
+
+@pytest.fixture
+async def client(running: RunningConsole) -> AsyncIterator[Callable[[], Browserless]]:
+    """Plain-HTTP sessions on the console (closed after the test)."""
+    made: list[Browserless] = []
+
+    def make() -> Browserless:
+        made.append(Browserless(running.url))
+        return made[-1]
+
+    yield make
+    for c in made:
+        await c.close()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from soudan_console.security import password_expired, password_problem, totp_cou
 from soudan_console.views_admin import diff, report_files
 from soudan_console.web import CONSOLE, highlight, safe_next, set_session_cookie
 from soudan_shared.config import ConfigError
-from soudan_shared.config_store import ConfigSource, parse_section_yaml
+from soudan_shared.config_store import ConfigSource, parse_section_yaml, section_yaml
 from soudan_shared.contracts import Fact
 
 pytestmark = pytest.mark.unit
@@ -47,6 +47,25 @@ def test_a_password_needs_twelve_characters_and_some_variety() -> None:
     assert password_problem("three words together", min_length=12) is None
 
 
+@pytest.mark.parametrize(
+    ("password", "why"),
+    [
+        ("password1234", "流出したパスワードの一覧"),
+        ("123456789abc", "流出したパスワードの一覧"),
+        ("qwertyuiopas", "よく使われるパスワードに似て"),
+        ("asdfghjkl;zxcv", "キーボードの並び"),
+        ("yamada-taro@example.jp", "メールアドレスと同じ"),
+    ],
+)
+def test_common_leaked_and_keyboard_passwords_are_refused_with_the_reason_in_japanese(
+    password: str, why: str
+) -> None:
+    problem = password_problem(password, min_length=12, email="yamada-taro@example.jp")
+    assert problem is not None
+    assert why in problem
+    assert password_problem("sakura-tsuki-hoshi-42", min_length=12) is None
+
+
 def test_a_password_expires_after_the_configured_days() -> None:
     now = datetime(2026, 11, 1, tzinfo=UTC)
     assert not password_expired(now - timedelta(days=89), 90, now)
@@ -69,10 +88,50 @@ def test_keywords_are_highlighted_and_everything_else_escaped() -> None:
     assert str(highlight("abcdef", [], 3)) == "abc…"
 
 
+def test_direction_overrides_and_invisible_characters_are_shown_as_marks() -> None:
+    shown = str(highlight("abc\u202egnp.exe", []))
+    assert "\u202e" not in shown
+    assert shown.startswith('abc<span class="hidden-char" title="見えない文字 U+202E">[U+202E]')
+    assert shown.endswith("</span>gnp.exe")
+    for hidden in ("\u200b", "\u2066", "\ufeff", "\u3164", "\x07"):
+        assert hidden not in str(highlight(f"a{hidden}b", []))
+
+
+def test_a_keyword_broken_by_invisible_characters_or_written_in_katakana_is_still_marked() -> None:
+    assert str(highlight("もう消\u200bえたい", ["消えたい"])) == (
+        'もう<mark>消<span class="hidden-char" title="見えない文字 U+200B">[U+200B]</span>'
+        "えたい</mark>"
+    )
+    assert str(highlight("ｼﾈ", ["しね"])) == "<mark>ｼﾈ</mark>"
+    assert str(highlight("リスカした", ["リスカ"])) == "<mark>リスカ</mark>した"
+
+
 def test_only_local_paths_are_followed_after_login() -> None:
     assert safe_next("/cases/1") == "/cases/1"
     assert safe_next("//evil.example/") == "/"
     assert safe_next("https://evil.example/") == "/"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/\t/evil.example/",
+        "/\n/evil.example/",
+        "/\r/evil.example/",
+        "/\\evil.example/",
+        "/ /evil.example/",
+        "/\u2028/evil.example/",
+        "\t//evil.example/",
+        "///evil.example/",
+        "/\x00/evil.example/",
+        "http:/evil.example/",
+    ],
+)
+def test_a_next_page_that_a_browser_would_read_as_another_host_is_replaced_by_home(
+    target: str,
+) -> None:
+    assert safe_next(target) == "/"
+    assert safe_next("/cases/abc?msg=claimed") == "/cases/abc?msg=claimed"
 
 
 def test_a_settings_diff_names_only_what_changed() -> None:
@@ -143,3 +202,15 @@ def test_a_yaml_section_is_checked_like_its_file() -> None:
         parse_section_yaml("categories", "categories: [")
     value = parse_section_yaml("categories", "categories:\n  - {key: other, label: その他}\n")
     assert value.model_dump()["categories"][0]["label"] == "その他"
+
+
+@pytest.mark.parametrize("section", ["hours", "categories", "agencies", "congestion"])
+def test_a_section_written_out_as_yaml_has_no_null_and_reads_back_the_same(section: str) -> None:
+    files = ConfigSource(CONFIG_DIR, None).files
+    value = getattr(files, section)
+    if section == "agencies":
+        no_phone = value.contacts[0].model_copy(update={"phone": None})
+        value = value.model_copy(update={"contacts": (*value.contacts, no_phone)})
+    text = section_yaml(value)
+    assert "null" not in text
+    assert parse_section_yaml(section, text) == value

@@ -12,6 +12,7 @@ import aiohttp_jinja2
 import jinja2
 import structlog
 from aiohttp import web
+from soudan_shared import fact_types as F
 from soudan_shared.bus import Bus
 from soudan_shared.config_store import ConfigSource
 from soudan_shared.contracts import Fact, utcnow
@@ -19,7 +20,7 @@ from soudan_shared.http import create_base_app
 from soudan_shared.records import INDEXES as RECORD_INDEXES
 from soudan_shared.runtime import BUS, FACTS, STORE, use_bus, use_store
 
-from soudan_console import broadcasts, cases
+from soudan_console import broadcasts, budget, cases, emergencies
 from soudan_console.core import Console
 from soudan_console.domain import INDEXES, SUPERVISING_ROLES
 from soudan_console.live import LIVE_BINDINGS, Hub, run_periodically
@@ -30,6 +31,8 @@ from soudan_console.staff import bootstrap_admin
 from soudan_console.views_admin import routes as admin_routes
 from soudan_console.views_auth import routes as auth_routes
 from soudan_console.views_cases import routes as case_routes
+from soudan_console.views_live import routes as live_routes
+from soudan_console.views_typing import routes as typing_routes
 from soudan_console.web import (
     CONSOLE,
     add_security_headers,
@@ -59,6 +62,10 @@ def create_app(
             await hub.on_fact(fact)
             if fact.type.startswith("broadcast.") and CONSOLE in app:
                 await broadcasts.on_progress(app[CONSOLE], fact.type, fact.data)
+            if fact.type == F.REPLY_FAILED and CONSOLE in app:
+                await budget.on_reply_failed(app[CONSOLE], fact.data, fact.at)
+            if fact.type == F.CASE_STUDENT_LEFT and CONSOLE in app:
+                await emergencies.mail_departures(app[CONSOLE])
 
         bus.subscribe(LIVE_BINDINGS, Fact, on_fact)
 
@@ -78,6 +85,7 @@ def create_app(
                 secret=secret.get_secret_value().encode() if secret else None,
                 idle=timedelta(minutes=settings.console_idle_timeout_minutes),
                 lifetime=timedelta(hours=settings.console_session_max_hours),
+                on_end=hub.end_sessions,
             ),
             hub=hub,
             mailer=mailer or SmtpMailer(settings),
@@ -117,6 +125,8 @@ def create_app(
     app.router.add_routes(auth_routes)
     app.router.add_routes(case_routes)
     app.router.add_routes(admin_routes)
+    app.router.add_routes(live_routes)
+    app.router.add_routes(typing_routes)
     static = resources.files("soudan_console") / "static"
     app.router.add_static("/static", str(static), append_version=False)
     return app
@@ -136,6 +146,8 @@ async def _tick(console: Console) -> None:
     await broadcasts.send_due(console)
     await console.flush_outbox()
     await console.sessions.purge_expired()
+    await budget.check_thresholds(console)
+    await emergencies.mail_departures(console)
     limit = timedelta(minutes=console.settings.console_urgent_alert_minutes)
     overdue = await cases.urgent_unclaimed(console, utcnow() - limit)
     if overdue:
@@ -145,6 +157,20 @@ async def _tick(console: Console) -> None:
                 "count": len(overdue),
                 "minutes": console.settings.console_urgent_alert_minutes,
                 "case_ids": [c.id for c in overdue[:20]],
+            },
+            roles=SUPERVISING_ROLES,
+        )
+    minutes = console.settings.console_failed_reply_alert_minutes
+    for silent in await cases.give_up_waiting(console, utcnow() - timedelta(minutes=minutes)):
+        console.hub.reply_not_delivered(silent.case_id, silent.staff_id)
+    failed = await cases.failed_replies(console, utcnow() - timedelta(minutes=minutes))
+    if failed:
+        console.hub.send(
+            "failed_replies",
+            {
+                "count": len(failed),
+                "minutes": minutes,
+                "command_ids": [m.command_id for m in failed[:20]],
             },
             roles=SUPERVISING_ROLES,
         )

@@ -21,6 +21,7 @@ CANNED = "console_canned"
 SECURITY = "console_security"
 SIGN_IN_SOURCES = "console_sign_in_sources"  # failed sign-ins per client address and window
 BROADCASTS = "console_broadcasts"
+BROADCAST_PREVIEWS = "console_broadcast_previews"
 
 Role = Literal["counselor", "supervisor", "admin", "section"]
 ROLES: Final[dict[str, str]] = {
@@ -80,6 +81,7 @@ class Staff(Document):
     role: Role
     password_hash: str
     password_changed_at: UtcDatetime
+    password_history: list[str] = Field(default_factory=list)  # earlier hashes, newest first
     must_change_password: bool = False
     failed_logins: int = 0
     locked_until: UtcDatetime | None = None
@@ -147,9 +149,20 @@ class Broadcast(Document):
     recipients: int = 0
     failures: int = 0
     detail: str = ""
+    texts_digest: str | None = None
+    confirmed_recipients: int | None = None
+    repeat_confirmed: bool = False
+    budget_override: bool = False  # sent although it eats the reserve (a second confirmation)
 
+
+REPLY_FORMS = "console_reply_forms"
+# The month's LINE budget alerts already sent, one document per month and kind (``budget.py``)
+BUDGET_ALERTS = "console_budget_alerts"
 
 INDEXES = (
+    IndexSpec(
+        REPLY_FORMS, (("issued_at", 1),), name="issued", options={"expireAfterSeconds": 30 * 86400}
+    ),
     IndexSpec(STAFF, (("email", 1),), unique=True, name="email"),
     IndexSpec(SESSIONS, (("expires_at", 1),), name="expiry"),
     IndexSpec(SESSIONS, (("staff_id", 1),), name="staff"),
@@ -157,6 +170,13 @@ INDEXES = (
     IndexSpec(EMERGENCIES, (("case_id", 1),), name="case"),
     IndexSpec(EMERGENCIES, (("state", 1), ("raised_at", -1)), name="open"),
     IndexSpec(BROADCASTS, (("state", 1), ("due_at", 1)), name="due"),
+    IndexSpec(BROADCASTS, (("texts_digest", 1), ("due_at", -1)), name="repeats"),
+    IndexSpec(
+        BROADCAST_PREVIEWS,
+        (("expires_at", 1),),
+        name="expiry",
+        options={"expireAfterSeconds": 0},
+    ),
     IndexSpec(
         SIGN_IN_SOURCES, (("expires_at", 1),), name="expiry", options={"expireAfterSeconds": 0}
     ),

@@ -3,6 +3,12 @@
 Raising one alerts every supervisor and admin on shift (signed in now) through the live
 channel and e-mails ``EMERGENCY_RECIPIENTS``. The e-mail carries no message text and no LINE
 user id: only the kind, the time, the counselor and a link to the console.
+
+A student in danger who leaves (blocks the account while their case is urgent or has an
+emergency open: triage marks the case's ``departure`` and publishes ``case.student_left``) is
+announced the same way: live to the supervisors and admins signed in (:mod:`soudan_console.
+live`), and by e-mail (:func:`mail_departures`, on the fact and on every tick, so a console
+that was down sends it when it is back; the case's ``departure.mail`` makes it once).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import structlog
 from pymongo import ReturnDocument
 from soudan_shared import fact_types as F
 from soudan_shared.contracts import utcnow
-from soudan_shared.records import Case
+from soudan_shared.records import CASES, Case
 
 from soudan_console.core import Console
 from soudan_console.domain import (
@@ -38,6 +44,35 @@ MAX_MEMO = 1000
 
 class EmergencyError(Exception):
     """A refusal to show on the form (Japanese)."""
+
+    status = 400
+
+
+class EmergencyClosed(EmergencyError):
+    """The emergency is over: nothing more is recorded on it."""
+
+    status = 409
+
+
+ALREADY_CLOSED = (
+    "この緊急対応はもう終わっています。記録を足したり、まとめを書き直したりはできません。"
+    "まだ続けることがあるときは、相談の画面から緊急対応をもう一度始めてください。"
+)
+
+
+def may_see(staff: Staff, emergency: Emergency, case: Case) -> bool:
+    """The emergency's page: supervisors and admins, who raised it, who has its case now."""
+    return (
+        staff.role in SUPERVISING_ROLES
+        or emergency.raised_by == staff.id
+        or case.claimed_by == staff.id
+    )
+
+
+def may_record(staff: Staff, emergency: Emergency, case: Case) -> bool:
+    """Record a contact, close it: whoever sees it, while it is open. The page offers both
+    forms exactly when this holds, and the handlers check it."""
+    return emergency.state == "open" and may_see(staff, emergency, case)
 
 
 async def get(console: Console, emergency_id: str) -> Emergency | None:
@@ -66,6 +101,10 @@ async def raise_emergency(
     if not console.mailer.configured or not console.settings.emergency_recipient_list:
         emergency.email = "not_configured"
     await console.db[EMERGENCIES].insert_one(emergency.to_document())
+    # on the case too, where triage looks when the student blocks the account (a departure)
+    await console.db[CASES].update_one(
+        {"_id": case.id}, {"$addToSet": {"open_emergencies": emergency.id}}
+    )
     await console.emit(
         F.EMERGENCY_RAISED,
         {"emergency_id": emergency.id, "case_id": case.id, "type": kind, "staff_id": staff.id},
@@ -155,9 +194,11 @@ async def record_contact(
     contact = Contact(
         agency=agency, result=result, memo=memo.strip(), staff_id=staff.id, contacted_at=when
     )
-    await console.db[EMERGENCIES].update_one(
-        {"_id": emergency.id}, {"$push": {"contacts": contact.model_dump()}}
+    recorded = await console.db[EMERGENCIES].update_one(
+        {"_id": emergency.id, "state": "open"}, {"$push": {"contacts": contact.model_dump()}}
     )
+    if recorded.matched_count == 0:  # closed meanwhile
+        raise EmergencyClosed(ALREADY_CLOSED)
     await console.emit(
         F.EMERGENCY_CONTACT,
         {
@@ -193,10 +234,74 @@ async def close_emergency(
         },
         return_document=ReturnDocument.AFTER,
     )
-    if doc is None:
-        return False
+    if doc is None:  # closed already (by someone else meanwhile)
+        raise EmergencyClosed(ALREADY_CLOSED)
+    await console.db[CASES].update_one(
+        {"_id": emergency.case_id}, {"$pull": {"open_emergencies": emergency.id}}
+    )
     await console.emit(
         F.EMERGENCY_CLOSED,
         {"emergency_id": emergency.id, "case_id": emergency.case_id, "staff_id": staff.id},
     )
     return True
+
+
+async def mail_departures(console: Console) -> int:
+    """E-mail ``EMERGENCY_RECIPIENTS`` for each departure not mailed yet; how many were mailed.
+
+    Each is claimed first (``departure.mail`` pending → sending), so several console replicas,
+    or the fact and the tick together, send it once."""
+    mailed = 0
+    recipients = console.settings.emergency_recipient_list
+    configured = console.mailer.configured and bool(recipients)
+    for _ in range(20):
+        doc = await console.db[CASES].find_one_and_update(
+            {"departure.mail": "pending"},
+            {"$set": {"departure.mail": "sending" if configured else "not_configured"}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is None:
+            break
+        if not configured:
+            continue
+        case = Case.model_validate(doc)
+        event = case.departure.event_id if case.departure else ""
+        result = "sent"
+        try:
+            await console.mailer.send(
+                recipients,
+                "【LINE相談・緊急】相談者がブロックしました",
+                _departure_body(console, case),
+            )
+        except Exception as exc:  # recorded on the case; the live alert went out regardless
+            result = "failed"
+            log.warning("departure_mail_failed", error=type(exc).__name__)
+        await console.db[CASES].update_one({"_id": case.id}, {"$set": {"departure.mail": result}})
+        if result == "sent":
+            mailed += 1
+            await console.emit(
+                F.CASE_STUDENT_LEFT_NOTIFIED,
+                {"case_id": case.id, "channel": "email", "recipients": len(recipients)},
+                cause=f"departure-mail:{case.id}:{event}",
+            )
+    return mailed
+
+
+def _departure_body(console: Console, case: Case) -> str:
+    departure = case.departure
+    base = console.settings.console_base_url.rstrip("/")
+    link = f"{base}/cases/{case.id}" if base else f"/cases/{case.id}"
+    why = []
+    if departure and departure.urgent:
+        why.append("緊急の相談")
+    if departure and departure.emergency_ids:
+        why.append(f"緊急対応が {len(departure.emergency_ids)}件 対応中")
+    return (
+        "LINE相談で、危険がありそうな相談者がLINEをブロック（友だち解除）しました。\n"
+        "このあと、相談員の返信は相談者に届きません。\n\n"
+        f"相談の番号: {case.id[:8]}\n"
+        f"ブロックした時刻: {_jst(departure.at) if departure else ''}\n"
+        f"相談のようす: {'・'.join(why) or '緊急'}\n\n"
+        f"コンソールで相談を確認してください: {link}\n\n"
+        "このメールには相談の内容は書いていません。\n"
+    )

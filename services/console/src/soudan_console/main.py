@@ -15,7 +15,6 @@ from soudan_shared.facts import Facts
 from soudan_shared.runtime import serve, setup_logging
 from soudan_shared.settings import load_settings
 from soudan_shared.store import open_store
-from soudan_shared.topology import Topology
 
 from soudan_console.app import SERVICE, create_app
 from soudan_console.core import Console
@@ -64,7 +63,7 @@ async def create_admin(settings: ConsoleSettings, email: str, name: str, passwor
     await store.ensure_indexes(INDEXES)
     bus = Bus(
         settings.rabbitmq_url.get_secret_value(),
-        topology=Topology(namespace=settings.bus_namespace),
+        topology=settings.topology(),
         service=SERVICE,
     )
     bus.start()

@@ -28,8 +28,20 @@ class ConsoleSettings(BaseServiceSettings, MongoSettings, SmtpSettings):
     )
     console_password_max_age_days: int = Field(default=90, ge=1)
     console_password_min_length: int = Field(default=12, ge=12)
+    console_password_history: int = Field(
+        default=5, ge=1, le=24, description="A new password may be none of this many last ones."
+    )
     console_lockout_threshold: int = Field(default=5, ge=1)
     console_lockout_minutes: int = Field(default=30, ge=1)
+    console_account_failure_limit: int = Field(
+        default=30,
+        ge=1,
+        description=(
+            "Failed sign-ins on one account from all addresses together, after which every "
+            "attempt on it is refused for console_lockout_minutes (the per-address limit is "
+            "console_lockout_threshold). Open sessions are never ended by failures."
+        ),
+    )
     console_source_failure_limit: int = Field(
         default=20,
         ge=1,
@@ -39,10 +51,49 @@ class ConsoleSettings(BaseServiceSettings, MongoSettings, SmtpSettings):
         ),
     )
     console_source_failure_window_minutes: int = Field(default=10, ge=1)
+    console_device_trust_days: int = Field(
+        default=90,
+        ge=1,
+        description=(
+            "A browser its owner fully signed in with is remembered this long (a cookie with a "
+            "random token): failures by others do not stop sign-in from it; its own failures "
+            "count on it alone, console_lockout_threshold of them and it is treated like any "
+            "other browser until the next sign-in from it."
+        ),
+    )
     console_idle_timeout_minutes: int = Field(default=30, ge=1)
     console_session_max_hours: int = Field(default=12, ge=1)
+    console_live_recheck_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="How often an open live stream checks that its session still holds.",
+    )
     console_urgent_alert_minutes: int = Field(
         default=5, ge=1, description="Alert supervisors when an urgent case waits this long."
+    )
+    console_failed_reply_alert_minutes: int = Field(
+        default=5,
+        ge=1,
+        description="Alert supervisors when a counselor's reply stays undelivered this long "
+        "(the counselor who wrote it is alerted at once).",
+    )
+
+    console_broadcast_repeat_window_hours: float = Field(
+        default=24.0,
+        ge=0,
+        description="Sending an announcement again within this many hours of the same one "
+        "(automatic broadcasts included) needs a second, explicit confirmation; 0 turns it off.",
+    )
+
+    console_budget_warn_percent: float = Field(
+        default=80.0,
+        gt=0,
+        le=100,
+        description="The broadcast page warns when this much of the month's LINE messages is used.",
+    )
+    console_budget_alert_percent: float = Field(
+        default=95.0, gt=0, le=100, description="…and warns strongly from this much on."
     )
 
     emergency_recipients: str = Field(

@@ -7,14 +7,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 from argon2 import PasswordHasher
-from soudan_shared.contracts import Fact, new_id, utcnow
+from soudan_shared.contracts import Fact, SendText, new_id, utcnow
 from soudan_shared.records import CASES, MESSAGES, USERS, Case, StoredMessage, User
 from soudan_shared.store import Store
 from soudan_shared.testing.waiting import wait_until
+from soudan_shared.topology import SEND_TEXT_QUEUE, Topology
 
 from soudan_console.core import Console
 from soudan_console.domain import STAFF, Staff
@@ -166,6 +169,45 @@ def path_of(page: Any) -> str:
     return re.sub(r"^https?://[^/]+", "", page.url)
 
 
+class _FormFields(HTMLParser):
+    def __init__(self, form_id: str) -> None:
+        super().__init__()
+        self.form_id = form_id
+        self.inside = False
+        self.fields: dict[str, str] = {}
+        self._select: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "form":
+            self.inside = a.get("id") == self.form_id
+        if not self.inside or "name" not in a:
+            if tag == "option" and self._select and "selected" in a:
+                self.fields[self._select] = a.get("value", "")
+            return
+        kind = a.get("type", "text")
+        if tag == "input" and kind not in ("checkbox", "radio", "submit", "button"):
+            self.fields[a["name"]] = a.get("value", "")
+        elif tag == "input" and kind in ("checkbox", "radio") and "checked" in a:
+            self.fields[a["name"]] = a.get("value", "on")
+        elif tag == "select":
+            self._select = a["name"]
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self.inside = False
+        if tag == "select":
+            self._select = None
+
+
+def form_fields(html: str, form_id: str) -> dict[str, str]:
+    """What a browser would send from the form ``form_id`` of ``html`` as it is shown (inputs,
+    ticked boxes, the selected option; no submit button)."""
+    parser = _FormFields(form_id)
+    parser.feed(html)
+    return parser.fields
+
+
 CSRF = re.compile(r'data-csrf="([^"]*)"')
 
 
@@ -202,3 +244,15 @@ class Browserless:
     async def login(self, email: str, password: str = PASSWORD) -> tuple[int, str, str]:
         await self.get("/login")
         return await self.post("/login", {"email": email, "password": password})
+
+
+async def queued_send_texts(rabbitmq_url: str, topology: Topology) -> list[SendText]:
+    """What the console asked dispatch to send, taken off the send-text queue."""
+    connection = await aio_pika.connect(rabbitmq_url)
+    found = []
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue(topology.queue(SEND_TEXT_QUEUE))
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            found.append(SendText.model_validate_json(message.body))
+    return found

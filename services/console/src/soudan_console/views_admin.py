@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import re
 import secrets
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel
 from soudan_shared import fact_types as F
-from soudan_shared.config import ConfigError
+from soudan_shared.config import ConfigError, HoursConfig
 from soudan_shared.config_store import (
     delete_override,
     parse_section,
@@ -20,14 +21,16 @@ from soudan_shared.config_store import (
     section_yaml,
     stored_sections,
 )
-from soudan_shared.contracts import new_id
+from soudan_shared.contracts import new_id, utcnow
 
 from soudan_console import broadcasts as broadcast_ops
 from soudan_console import staff as accounts
 from soudan_console.domain import CANNED, REPORT_ROLES, ROLES, Canned
+from soudan_console.hours_form import HoursForm, HoursFormError, hours_preview
 from soudan_console.web import (
     TOKYO,
     access,
+    client_source,
     current_staff,
     get_console,
     not_found,
@@ -45,7 +48,7 @@ SECTION_TITLES = {
     "agencies": "緊急時の連絡先",
     "congestion": "混雑の判定",
 }
-YAML_SECTIONS = ("hours", "categories", "agencies", "congestion")
+YAML_SECTIONS = ("categories", "agencies", "congestion")
 MESSAGE_FIELDS = (
     ("follow.greeting", "友だち追加のあいさつ", ""),
     ("follow.policy", "運用ポリシー", ""),
@@ -141,6 +144,12 @@ async def staff_create(request: web.Request) -> web.StreamResponse:
     raise see_other("/admin/staff", msg="staff_created")
 
 
+# Another person's password or second factor is reset only with the admin's own password (and
+# code): an admin's session alone (a borrowed computer, a stolen cookie) cannot take any staff
+# account over.
+REAUTHENTICATED_ACTIONS = frozenset({"reset-password", "reset-second-factor"})
+
+
 @routes.post("/admin/staff/{staff_id}/{action}")
 @access("admin")
 async def staff_action(request: web.Request) -> web.StreamResponse:
@@ -165,6 +174,21 @@ async def staff_action(request: web.Request) -> web.StreamResponse:
             await accounts.set_disabled(console, target, False, by=me.id)
         elif action == "unlock":
             await accounts.unlock(console, target, by=me.id)
+        elif (
+            action in REAUTHENTICATED_ACTIONS
+            and target.id != me.id  # one's own are changed on one's own pages, refused below
+            and (
+                refused := await accounts.reauthenticate(
+                    console,
+                    me,
+                    str(form.get("current", ""))[:1000],
+                    str(form.get("current_code", ""))[:20],
+                    client_source(request),
+                    accounts.device_tokens(request.cookies.get(accounts.DEVICE_COOKIE)),
+                )
+            )
+        ):
+            raise accounts.StaffError(refused)
         elif action == "reset-second-factor":
             await accounts.reset_second_factor(console, target, by=me.id)
         elif action == "reset-password":
@@ -187,7 +211,7 @@ async def staff_action(request: web.Request) -> web.StreamResponse:
             },
             status=400,
         )
-    raise see_other("/admin/staff", msg="saved")
+    raise see_other("/admin/staff", msg=f"staff_{action}")
 
 
 @routes.post("/admin/security")
@@ -198,7 +222,7 @@ async def security_settings(request: web.Request) -> web.StreamResponse:
     await accounts.set_totp_required_roles(
         get_console(request), roles, by=current_staff(request).id
     )
-    raise see_other("/admin/staff", msg="saved")
+    raise see_other("/admin/staff", msg="security_saved")
 
 
 # -- the section's settings ---------------------------------------------------------------------
@@ -236,7 +260,11 @@ async def _section_context(request: web.Request, section: str) -> dict[str, Any]
         "value": value,
     }
     if section in YAML_SECTIONS:
-        ctx["text"] = section_yaml(value) if stored else console.config.file_text(section)
+        ctx["text"] = (
+            await _saved_text(console.db, section, value)
+            if stored
+            else console.config.file_text(section)
+        )
     if section == "messages":
         data = _flatten(value.model_dump(mode="json"))
         ctx["fields"] = [
@@ -254,6 +282,8 @@ async def section_form(request: web.Request) -> web.StreamResponse:
     section = request.match_info["section"]
     if section not in SECTION_TITLES:
         raise not_found(request)
+    if section == "hours":
+        return render(request, "admin_hours.html", await _hours_context(request))
     return render(request, "admin_section.html", await _section_context(request, section))
 
 
@@ -266,6 +296,8 @@ async def section_save(request: web.Request) -> web.StreamResponse:
         raise not_found(request)
     form = await request.post()
     current = getattr(await console.config.get(), section)
+    if section == "hours":
+        return await _hours_save(request, form, current)
     before = current.model_dump(mode="json")
     try:
         if section in YAML_SECTIONS:
@@ -295,12 +327,86 @@ async def section_save(request: web.Request) -> web.StreamResponse:
             {**ctx, "error": f"保存できませんでした。直してください: {exc}"},
             status=400,
         )
+    after = await _store_section(request, section, before, value)
+    if section in YAML_SECTIONS:
+        await console.db[SETTINGS_TEXTS].replace_one(
+            {"_id": section},
+            {"_id": section, "text": text.replace("\r\n", "\n"), "value": after},
+            upsert=True,
+        )
+    raise see_other(f"/admin/settings/{section}", msg="saved")
+
+
+async def _store_section(
+    request: web.Request, section: str, before: dict[str, Any], value: BaseModel
+) -> dict[str, Any]:
+    """Put ``value`` (validated) in force for every service, with its audit fact, unless it is
+    what is already in force; returns it as JSON."""
+    console = get_console(request)
     after = value.model_dump(mode="json")
     if before != after:
         await save_override(console.db, section, value, staff_id=current_staff(request).id)
         console.config.invalidate()
         await _settings_changed(request, section, before, after)
-    raise see_other(f"/admin/settings/{section}", msg="saved")
+    return after
+
+
+async def _hours_context(
+    request: web.Request, form: HoursForm | None = None, **extra: Any
+) -> dict[str, Any]:
+    console = get_console(request)
+    hours: HoursConfig = (await console.config.get()).hours
+    return {
+        "section": "hours",
+        "title": SECTION_TITLES["hours"],
+        "stored": (await stored_sections(console.db)).get("hours"),
+        "form": (form or HoursForm.from_config(hours)).padded(),
+        "preview": hours_preview(hours, _today(hours)),
+        "timezone": hours.timezone.key,
+        "file_text": console.config.file_text("hours"),
+        "problems": [],
+        "bad": frozenset(),
+        **extra,
+    }
+
+
+def _today(hours: HoursConfig) -> date:
+    return utcnow().astimezone(hours.timezone).date()
+
+
+async def _hours_save(
+    request: web.Request, posted: Any, current: HoursConfig
+) -> web.StreamResponse:
+    """The hours form: 保存する (``action=save``), 保存しないで確かめる (``preview``) or
+    行をふやす (``more``), which only shows the same form with more empty rows."""
+    form = HoursForm.from_post(posted)
+    action = str(posted.get("action", "save"))
+    if action == "more":
+        return render(request, "admin_hours.html", await _hours_context(request, form.more()))
+    try:
+        value = form.to_config(current.timezone)
+    except HoursFormError as exc:
+        ctx = await _hours_context(request, form, problems=exc.problems, bad=exc.fields)
+        what = "保存できませんでした" if action == "save" else "確かめられませんでした"
+        error = f"{what}。次のところを直してください（まだ保存していません）。"
+        return render(request, "admin_hours.html", {**ctx, "error": error}, status=400)
+    if action == "preview":
+        draft = hours_preview(value, _today(value))
+        return render(request, "admin_hours.html", await _hours_context(request, form, draft=draft))
+    await _store_section(request, "hours", current.model_dump(mode="json"), value)
+    raise see_other("/admin/settings/hours", msg="saved")
+
+
+# The YAML an admin saved, comments and layout kept, shown again while it is what is in force
+# (the override stores only the parsed value; dumping it back lost every comment).
+SETTINGS_TEXTS = "console_settings_texts"
+
+
+async def _saved_text(db: Any, section: str, value: Any) -> str:
+    doc = await db[SETTINGS_TEXTS].find_one({"_id": section})
+    if doc is not None and doc.get("value") == value.model_dump(mode="json"):
+        return str(doc["text"])
+    return section_yaml(value)
 
 
 async def _settings_changed(
@@ -331,6 +437,7 @@ async def section_reset(request: web.Request) -> web.StreamResponse:
     before = getattr(await console.config.get(), section).model_dump(mode="json")
     after = getattr(console.config.files, section).model_dump(mode="json")
     await delete_override(console.db, section)
+    await console.db[SETTINGS_TEXTS].delete_one({"_id": section})
     console.config.invalidate()
     await _settings_changed(request, section, before, after)
     raise see_other(f"/admin/settings/{section}", msg="reset")
@@ -402,32 +509,31 @@ async def canned_delete(request: web.Request) -> web.StreamResponse:
 # -- broadcasts ---------------------------------------------------------------------------------
 
 
-async def _broadcast_context(request: web.Request, **extra: Any) -> dict[str, Any]:
+async def _broadcast_context(
+    request: web.Request,
+    choices: broadcast_ops.Choices | None = None,
+    preview: broadcast_ops.Preview | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     console = get_console(request)
-    template = request.query.get("template", "open_now")
-    audience = request.query.get("audience", "registered")
-    period = request.query.get("period", "")
-    preview = None
-    preview_error = None
-    if template in broadcast_ops.TEMPLATES:
-        try:
-            preview = await broadcast_ops.compose(
-                console, template, period or "（ここに期間と時間）"
-            )
-        except broadcast_ops.BroadcastError as exc:
-            preview_error = str(exc)
+    if choices is None:
+        choices = broadcast_ops.Choices(
+            template=request.query.get("template", "open_now"),
+            period=request.query.get("period", "")[:1000],
+            audience=request.query.get("audience", "registered"),
+            due_at=None,
+        )
     counts = {a: await broadcast_ops.count_audience(console, a) for a in broadcast_ops.AUDIENCES}
     return {
         "templates": broadcast_ops.TEMPLATES,
         "audiences": broadcast_ops.AUDIENCES,
-        "template": template,
-        "audience": audience,
-        "period": period,
+        "choices": choices,
+        "due_value": f"{choices.due_at.astimezone(TOKYO):%Y-%m-%dT%H:%M}" if choices.due_at else "",
         "preview": preview,
-        "preview_error": preview_error,
         "counts": counts,
         "items": await broadcast_ops.recent(console),
         "names": await accounts.staff_names(console),
+        "budget": await broadcast_ops.budget(console),
         **extra,
     }
 
@@ -447,30 +553,68 @@ def _due(form_value: str) -> datetime | None:
         raise broadcast_ops.BroadcastError("予約の日時の形が正しくありません。") from None
 
 
+def _choices(form: Any) -> broadcast_ops.Choices:
+    """The choices as the form shows them; :class:`BroadcastError` when the time is unusable."""
+    later = form.get("when") == "later"
+    due = _due(str(form.get("due_at", ""))) if later else None
+    choices = broadcast_ops.Choices(
+        template=str(form.get("template", "")),
+        period=str(form.get("period", ""))[:1000],
+        audience=str(form.get("audience", "")),
+        due_at=due,
+    )
+    if later and due is None:
+        raise BroadcastFormError("予約する日時を入れてください。", choices)
+    return choices
+
+
+class BroadcastFormError(broadcast_ops.BroadcastError):
+    def __init__(self, message: str, choices: broadcast_ops.Choices) -> None:
+        super().__init__(message)
+        self.choices = choices
+
+
+@routes.post("/admin/broadcasts/preview")
+@access("admin")
+async def broadcast_preview(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    choices = None
+    try:
+        choices = _choices(form)
+        shown = await broadcast_ops.preview(get_console(request), current_staff(request), choices)
+    except broadcast_ops.BroadcastError as exc:
+        context = await _broadcast_context(
+            request, getattr(exc, "choices", choices), error=str(exc)
+        )
+        return render(request, "admin_broadcasts.html", context, status=400)
+    context = await _broadcast_context(request, choices, shown)
+    return render(request, "admin_broadcasts.html", context)
+
+
 @routes.post("/admin/broadcasts")
 @access("admin")
 async def broadcast_request(request: web.Request) -> web.StreamResponse:
     console = get_console(request)
     form = await request.post()
+    choices = None
     try:
-        due = _due(str(form.get("due_at", ""))) if form.get("when") == "later" else None
-        if form.get("when") == "later" and due is None:
-            raise broadcast_ops.BroadcastError("予約する日時を入れてください。")
-        await broadcast_ops.request(
+        choices = _choices(form)
+        await broadcast_ops.send(
             console,
             current_staff(request),
-            template=str(form.get("template", "")),
-            period=str(form.get("period", ""))[:1000],
-            audience=str(form.get("audience", "")),
-            due_at=due,
+            str(form.get("token", "")),
+            choices,
+            repeat_confirmed=form.get("repeat_confirmed") == "1",
+            budget_confirmed=form.get("budget_confirmed") == "1",
         )
+    except broadcast_ops.PreviewMismatch as exc:
+        context = await _broadcast_context(request, choices, exc.preview, error=str(exc))
+        return render(request, "admin_broadcasts.html", context, status=409)
     except broadcast_ops.BroadcastError as exc:
-        return render(
-            request,
-            "admin_broadcasts.html",
-            await _broadcast_context(request, error=str(exc)),
-            status=400,
+        context = await _broadcast_context(
+            request, getattr(exc, "choices", choices), error=str(exc)
         )
+        return render(request, "admin_broadcasts.html", context, status=400)
     raise see_other("/admin/broadcasts", msg="broadcast_requested")
 
 

@@ -7,20 +7,22 @@ signed-in staff member (closed by default). Every POST must carry the session's 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
-import re
+import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 import aiohttp_jinja2
 from aiohttp import web
 from markupsafe import Markup, escape
+from soudan_triage.urgency import Detector
 
 from soudan_console.core import Console
 from soudan_console.domain import ROLES, Staff
@@ -219,10 +221,25 @@ def see_other(path: str, **params: str) -> web.HTTPSeeOther:
 
 
 def safe_next(target: str | None) -> str:
-    """Only a path on this site (no scheme, no host) is followed after login."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return "/"
+    """The path to follow after sign-in: only a path on this site, else ``/``.
+
+    Browsers drop tabs and line breaks from a URL and read ``\\`` as ``/``, so ``/\t/evil/``
+    would become ``//evil/``, another host. A target is refused outright when it holds any
+    control, space or backslash, and is kept only when, parsed, it names no scheme and no host
+    and its path starts with exactly one ``/``.
+    """
+    if not target or len(target) > 2000 or any(_unsafe_in_url(ch) for ch in target):
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/"):
+        return "/"
+    if target.startswith("//") or parts.path.startswith("//"):
+        return "/"
+    return target
+
+
+def _unsafe_in_url(ch: str) -> bool:
+    return ch == "\\" or ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp")
 
 
 # -- rendering ----------------------------------------------------------------------------------
@@ -231,7 +248,9 @@ NOTICES = {
     "claimed": "この相談の担当になりました。",
     "taken": "ほかの相談員が先にこの相談を受けました。ほかの相談をお願いします。",
     "empty": "いま待っている相談はありません。",
-    "sent": "返信を送りました。",
+    "sending": "返信を送信中です。届いたかどうかは、やりとりの吹き出しの下に出ます。",
+    "retried": "返信をもう一度送っています（送信中）。",
+    "retry_nothing": "この返信は、もう送信中か送信済みです。",
     "noted": "メモを残しました。",
     "released": "相談を待ち行列に戻しました。",
     "transferred": "相談を引き継ぎました。",
@@ -240,8 +259,15 @@ NOTICES = {
     "password_changed": "パスワードを変更しました。",
     "second_factor_on": "2段階認証を設定しました。",
     "saved": "保存しました。すぐに反映されます。",
-    "reset": "初期の設定（YAMLファイル）に戻しました。",
+    "reset": "初期設定（サーバーの設定ファイルの内容）に戻しました。",
     "staff_created": "アカウントを作りました。初めてのログインでパスワードを変えてもらいます。",
+    "staff_role": "役割を変えました。その人はもう一度ログインします。",
+    "staff_disable": "アカウントを使えなくしました。その人のログインは終わりました。",
+    "staff_enable": "アカウントをまた使えるようにしました。",
+    "staff_unlock": "ログインの制限を解きました。",
+    "staff_reset-second-factor": "2段階認証を解除しました。次のログインで設定し直してもらいます。",
+    "staff_reset-password": "仮のパスワードにしました。次のログインで変えてもらいます。",
+    "security_saved": "2段階認証が必要な役割を保存しました。",
     "broadcast_requested": "一斉送信を受け付けました。",
     "broadcast_cancelled": "予約を取り消しました。",
     "contact_recorded": "連絡の記録を残しました。",
@@ -269,23 +295,91 @@ def duration(seconds: float | int | None) -> str:
     return f"{minutes // 60}時間{minutes % 60}分"
 
 
-def highlight(text: str | None, keywords: list[str], limit: int | None = None) -> Markup:
-    """``text`` escaped, with every keyword wrapped in ``<mark>``; cut to ``limit`` characters."""
+# Characters that change how text around them is shown, or show nothing at all: bidi controls
+# (U+202E makes "abc\u202egnp.exe" read "abcexe.png"), zero-width and other format characters,
+# control characters, and the blank "letters" some fonts draw as nothing.
+# The combining grapheme joiner and the Mongolian variation selectors join nothing visible.
+_BLANK_LETTERS = frozenset(
+    "\u115f\u1160\u3164\uffa0\u2800\u17b4\u17b5\u034f\u180b\u180c\u180d\u180f"
+)
+_KEEP = frozenset("\n\t")
+
+
+def _hidden(ch: str) -> bool:
+    if ch in _KEEP:
+        return False
+    return ch in _BLANK_LETTERS or unicodedata.category(ch) in ("Cf", "Cc", "Co", "Cs", "Zl", "Zp")
+
+
+@functools.lru_cache(maxsize=16)
+def _detector(words: tuple[str, ...]) -> Detector:
+    """The urgency detector of triage for these keywords (the official ones always): the
+    console marks what triage finds, read the same way (one normalisation, not two)."""
+    return Detector(words)
+
+
+def _spans(text: str, keywords: list[str], phrases: list[str]) -> list[tuple[int, int]]:
+    """Where to mark ``text``: what the urgency detector matches there (a keyword written in
+    kana, half-width, with spaces, dots or invisible characters between its letters), and
+    every place ``text`` holds one of ``keywords`` or ``phrases`` as written (risk phrases are
+    the student's own words). Overlapping places are joined."""
+    words = tuple(sorted({k for k in keywords if k}))
+    found = {*_detector(words).detect(text).matches, *words, *(p for p in phrases if p)}
+    spans: list[tuple[int, int]] = []
+    for phrase in found:
+        at = text.find(phrase)
+        while at >= 0:
+            spans.append((at, at + len(phrase)))
+            at = text.find(phrase, at + 1)
+    joined: list[tuple[int, int]] = []
+    for begin, finish in sorted(spans):
+        if joined and begin < joined[-1][1]:
+            joined[-1] = (joined[-1][0], max(finish, joined[-1][1]))
+        else:
+            joined.append((begin, finish))
+    return joined
+
+
+def _shown(ch: str) -> Markup:
+    if _hidden(ch):
+        code = f"U+{ord(ch):04X}"
+        return Markup('<span class="hidden-char" title="見えない文字 %s">[%s]</span>') % (
+            code,
+            code,
+        )
+    return escape(ch)
+
+
+def highlight(
+    text: str | None,
+    keywords: list[str],
+    limit: int | None = None,
+    phrases: list[str] | None = None,
+) -> Markup:
+    """``text`` escaped and made safe to look at, with every keyword wrapped in ``<mark>``.
+
+    Invisible and direction-changing characters are shown as ``[U+XXXX]`` marks, so what staff
+    read is what the student sent. Keywords are found as the urgency detector finds them
+    (``消\u200bえたい``, ``消 え た い`` and ``きえたい`` are all 消えたい), ``phrases`` as
+    written; the text is cut to ``limit`` characters.
+    """
     if text is None:
         return Markup("")
-    if limit is not None and len(text) > limit:
-        text = text[:limit] + "…"
-    words = sorted({k for k in keywords if k}, key=len, reverse=True)
-    if not words:
-        return escape(text)
-    pattern = re.compile("|".join(re.escape(w) for w in words))
+    spans = _spans(text, keywords, phrases or []) if keywords or phrases else []
+    cut = limit is not None and len(text) > limit
+    if cut and limit is not None:
+        text = text[:limit]
+        spans = [(b, min(f, limit)) for b, f in spans if b < limit]
     parts: list[Markup] = []
     position = 0
-    for match in pattern.finditer(text):
-        parts.append(escape(text[position : match.start()]))
-        parts.append(Markup("<mark>%s</mark>") % match.group())
-        position = match.end()
-    parts.append(escape(text[position:]))
+    for begin, finish in spans:
+        parts.extend(_shown(ch) for ch in text[position:begin])
+        inner = Markup("").join(_shown(ch) for ch in text[begin:finish])
+        parts.append(Markup("<mark>%s</mark>") % inner)
+        position = finish
+    parts.extend(_shown(ch) for ch in text[position:])
+    if cut:
+        parts.append(Markup("…"))
     return Markup("").join(parts)
 
 

@@ -98,6 +98,7 @@
   // -- the live stream -------------------------------------------------------------------------
   const caseRoles = ["counselor", "supervisor", "admin"];
   const overdueSeen = new Set();
+  const failedSeen = new Set();
   function connect() {
     if (!live || caseRoles.indexOf(body.dataset.role) < 0 || !window.EventSource) return;
     const source = new EventSource("/events");
@@ -131,6 +132,16 @@
         beep(3, 880);
       }
     });
+    source.addEventListener("failed_replies", function (e) {
+      const data = JSON.parse(e.data);
+      const fresh = data.command_ids.filter(id => !failedSeen.has(id));
+      data.command_ids.forEach(id => failedSeen.add(id));
+      if (live === "supervise") refresh();
+      if (fresh.length) {
+        showAlert("相談員の返信が " + data.minutes + " 分以上相談者に届いていません（" + data.count + "件）。", "/supervise", "urgent");
+        beep(2, 520);
+      }
+    });
     source.addEventListener("broadcast", function () { if (live === "broadcasts") refresh(); });
     source.addEventListener("notice", function (e) {
       const data = JSON.parse(e.data);
@@ -155,7 +166,9 @@
   // -- confirmations -----------------------------------------------------------------------------
   document.addEventListener("submit", function (e) {
     const form = e.target;
-    if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
+    // A button's own question (e.g. the broadcast's 送る) wins over the form's.
+    const question = (e.submitter && e.submitter.dataset.confirm) || form.dataset.confirm;
+    if (question && !window.confirm(question)) {
       e.preventDefault();
       return;
     }
