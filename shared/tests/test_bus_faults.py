@@ -11,10 +11,12 @@ from soudan_shared.bus import Bus, PublishFailed
 from soudan_shared.contracts import Fact
 from soudan_shared.store import Store
 from soudan_shared.testing.ledger import Ledger
-from soudan_shared.testing.plugin import BrokerControl
+from soudan_shared.testing.plugin import BrokerControl, own_vhost_fixtures
 from soudan_shared.testing.proxy import TcpProxy, free_port
 from soudan_shared.testing.waiting import wait_until
 from soudan_shared.topology import FACTS_QUEUE
+
+broker, rabbitmq_url = own_vhost_fixtures()  # the cuts here reach only this module
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 
@@ -125,3 +127,53 @@ async def test_a_bus_started_before_the_broker_connects_when_the_broker_comes_up
     finally:
         await bus.close()
         await proxy.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_a_bus_given_two_addresses_moves_to_the_other_when_its_broker_goes_away(
+    make_bus: Callable[..., Bus], broker: BrokerControl
+) -> None:
+    # Two "nodes": two proxies in front of the one broker; the first stops, as a node dies.
+    first, second = (TcpProxy(broker.host, broker.port) for _ in range(2))
+    received: list[Fact] = []
+
+    async def handle(fact: Fact) -> None:
+        received.append(fact)
+
+    await first.start()
+    await second.start()
+    try:
+        urls = ",".join(broker.url_via(proxy.port) for proxy in (first, second))
+        bus = make_bus("failover", url=urls)
+        bus.consume(FACTS_QUEUE, Fact, handle)
+        bus.start()
+        await bus.wait_started(15)
+        before = Fact(type="test.before", service="test")
+        await bus.publish(before)
+        await wait_until(lambda: received == [before], message="consumed through the first")
+
+        await first.stop()  # connections cut, nothing listening there any more
+        after = Fact(type="test.after", service="test")
+        deadline = asyncio.get_running_loop().time() + 20
+        await _publish_until_confirmed(bus, after, Ledger(), deadline)  # as a producer does
+        await wait_until(
+            lambda: received[-1:] == [after],
+            timeout=30,  # the consumer is back once its channel is restored on the second
+            message=f"consumed through the second (received {[f.type for f in received]})",
+        )
+        # ``before`` may come twice: its ack can be cut with the connection (at least once).
+        assert {f.id for f in received} == {before.id, after.id}
+        assert [f.id for f in received].count(after.id) == 1
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+async def test_a_bus_whose_first_address_never_answers_connects_to_the_next(
+    make_bus: Callable[..., Bus], broker: BrokerControl
+) -> None:
+    dead = broker.url_via(free_port())  # nothing listens there
+    bus = make_bus("second-choice", url=f"{dead}, {broker.url}")
+    bus.start()
+    await bus.wait_started(15)
+    await bus.publish(Fact(type="test.second", service="test"))

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from soudan_shared.bus import broker_urls
 from soudan_shared.settings import (
     BaseServiceSettings,
     LineSecretSettings,
@@ -30,6 +31,9 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
             "LINE_CHANNEL_ACCESS_TOKEN",
             "LOG_HASH_KEY",
             "SOME_PORT",
+            "LINE_EVENT_SHARDS",
+            "BUS_NAMESPACE",
+            "RABBITMQ_QUORUM_GROUP_SIZE",
         }:
             monkeypatch.delenv(name)
     return monkeypatch
@@ -104,6 +108,43 @@ def test_an_invalid_port_is_named(
     assert "invalid setting SOME_PORT" in capsys.readouterr().err
 
 
+def test_the_shard_count_defaults_to_four_and_shapes_the_topology_of_every_service(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    for name, value in {
+        "RABBITMQ_URL": "amqp://x/",
+        "MONGODB_URL": "memory://",
+        "LOG_HASH_KEY": "k",
+        "LINE_CHANNEL_SECRET": "s",
+        "BUS_NAMESPACE": "night",
+    }.items():
+        clean_env.setenv(name, value)
+    assert load_settings(_Settings, "t").topology().line_event_shards == 4
+    clean_env.setenv("LINE_EVENT_SHARDS", "12")
+    topology = load_settings(_Settings, "t").topology()
+    assert (topology.namespace, topology.line_event_shards) == ("night", 12)
+    shard_queues = [q.name for q in topology.queues if q.name.startswith("triage.line-events.")]
+    assert shard_queues == [f"triage.line-events.{n}" for n in range(12)]
+    assert all(q.single_active_consumer for q in topology.queues if q.name in shard_queues)
+
+
+@pytest.mark.parametrize("value", ["0", "65", "four"])
+def test_a_shard_count_outside_1_to_64_is_refused_with_its_name(
+    value: str, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, setting in {
+        "RABBITMQ_URL": "amqp://x/",
+        "MONGODB_URL": "memory://",
+        "LOG_HASH_KEY": "k",
+        "LINE_CHANNEL_SECRET": "s",
+        "LINE_EVENT_SHARDS": value,
+    }.items():
+        clean_env.setenv(name, setting)
+    with pytest.raises(SystemExit):
+        load_settings(_Settings, "soudan-test")
+    assert "invalid setting LINE_EVENT_SHARDS" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("command", "missing"),
     [
@@ -127,3 +168,48 @@ def test_each_service_refuses_to_start_without_its_required_settings(
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"{command}: missing required setting")
     assert missing in lines[0]
+
+
+def test_rabbitmq_url_may_list_every_node_of_a_cluster_and_a_wrong_one_is_named_without_it(
+    clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in {
+        "MONGODB_URL": "memory://",
+        "LOG_HASH_KEY": "k",
+        "LINE_CHANNEL_SECRET": "s",
+        "RABBITMQ_URL": "amqp://u:pw1@rabbit-1:5672/, amqp://u:pw1@rabbit-2:5672/,",
+        "RABBITMQ_QUORUM_GROUP_SIZE": "3",
+    }.items():
+        clean_env.setenv(name, value)
+    settings = load_settings(_Settings, "soudan-test")
+    assert broker_urls(settings.rabbitmq_url.get_secret_value()) == [
+        "amqp://u:pw1@rabbit-1:5672/",
+        "amqp://u:pw1@rabbit-2:5672/",
+    ]
+    topology = settings.topology()
+    assert topology.queue_arguments(topology.queues[0])["x-quorum-initial-group-size"] == 3
+
+    clean_env.setenv("RABBITMQ_URL", "amqp://u:pw1@rabbit-1:5672/,rabbit-2:pw2")
+    with pytest.raises(SystemExit):
+        load_settings(_Settings, "soudan-test")
+    err = capsys.readouterr().err
+    assert "RABBITMQ_URL" in err
+    assert "broker address 2 of 2" in err
+    assert "pw1" not in err
+    assert "pw2" not in err
+
+
+def test_without_a_group_size_quorum_queues_are_left_to_the_broker(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    for name, value in {
+        "MONGODB_URL": "memory://",
+        "LOG_HASH_KEY": "k",
+        "LINE_CHANNEL_SECRET": "s",
+        "RABBITMQ_URL": "amqp://x/",
+    }.items():
+        clean_env.setenv(name, value)
+    topology = load_settings(_Settings, "soudan-test").topology()
+    for spec in topology.queues:
+        assert "x-quorum-initial-group-size" not in topology.queue_arguments(spec)
+        assert topology.queue_arguments(spec)["x-queue-type"] == "quorum"

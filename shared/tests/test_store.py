@@ -6,12 +6,16 @@ be pointed at a real server unchanged with ``MONGODB_URL``.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 from soudan_shared.store import IndexSpec, Store, database_name, open_store
+from soudan_shared.testing.secantus import start_secantus
 
 pytestmark = pytest.mark.integration
 
@@ -119,3 +123,35 @@ async def test_memory_url_selects_the_in_process_store() -> None:
     opened = await open_store("memory:///t_kind")
     assert opened.kind == "memory"
     assert opened.db.name == "t_kind"
+
+
+@pytest.mark.unit
+async def test_writes_wait_for_the_journal_and_a_majority_unless_the_url_says_otherwise() -> None:
+    durable = await open_store("mongodb://127.0.0.1:1/soudan")
+    own = await open_store("mongodb://127.0.0.1:1/soudan?w=1&journal=false")
+    try:
+        assert durable.db.write_concern.document == {"w": "majority", "j": True}
+        assert own.db.write_concern.document == {"w": 1, "j": False}
+    finally:
+        await durable.close()
+        await own.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_services_store_round_trips_are_counted_by_command(tmp_path: Path) -> None:
+    server = await asyncio.to_thread(start_secantus, tmp_path / "db", test_commands=False)
+    registry = CollectorRegistry()
+    store = await open_store(f"{server.url}counted", registry=registry)
+    try:
+        await store.db["cases"].insert_one({"_id": "c1"})
+        await store.db["cases"].find_one({"_id": "c1"})
+        await store.db["cases"].find_one({"_id": "c2"})
+    finally:
+        await store.close()
+        await asyncio.to_thread(server.stop)
+
+    def count(command: str) -> float | None:
+        return registry.get_sample_value("soudan_store_commands_total", {"command": command})
+
+    assert count("insert") == 1
+    assert count("find") == 2

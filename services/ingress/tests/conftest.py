@@ -23,7 +23,7 @@ from soudan_ingress.app import create_app
 from soudan_ingress.settings import IngressSettings
 from soudan_ingress.signature import line_signature
 from soudan_shared.runtime import start_site
-from soudan_shared.testing.plugin import BrokerControl
+from soudan_shared.testing.plugin import BrokerControl, delete_topology
 from soudan_shared.testing.proxy import free_port
 from soudan_shared.testing.waiting import wait_until
 from soudan_shared.topology import FACTS_QUEUE, Topology, line_event_queue
@@ -150,7 +150,9 @@ StartIngress = Callable[..., Awaitable[Ingress]]
 
 @pytest.fixture
 async def start_ingress(rabbitmq_url: str, topology: Topology) -> AsyncIterator[StartIngress]:
+    """``shards`` sets LINE_EVENT_SHARDS (default: the test topology's)."""
     started: list[Ingress] = []
+    topologies: list[Topology] = []
 
     async def start(
         *,
@@ -158,6 +160,7 @@ async def start_ingress(rabbitmq_url: str, topology: Topology) -> AsyncIterator[
         confirm_timeout: float = 1.0,
         secret: str = SECRET,
         wait_ready: bool = True,
+        shards: int | None = None,
     ) -> Ingress:
         settings = IngressSettings(
             rabbitmq_url=url or rabbitmq_url,
@@ -165,7 +168,9 @@ async def start_ingress(rabbitmq_url: str, topology: Topology) -> AsyncIterator[
             log_hash_key="test-hash-key",
             line_channel_secret=secret,
             ingress_confirm_timeout=confirm_timeout,
+            line_event_shards=shards or topology.line_event_shards,
         )
+        topologies.append(settings.topology())
         app = create_app(settings)
         port = free_port()
         runner = await start_site(app, port, "127.0.0.1")
@@ -180,6 +185,8 @@ async def start_ingress(rabbitmq_url: str, topology: Topology) -> AsyncIterator[
     for ingress in started:
         await ingress.runner.cleanup()
         await ingress.http.close()
+    for declared in topologies:  # the queues of other shard counts than the test topology's
+        await delete_topology(rabbitmq_url, declared)
 
 
 @pytest.fixture

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections import Counter
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from linebot.v3.webhooks import models as line_models
 from soudan_shared.fact_types import SIGNATURE_REJECTED, WEBHOOK_REQUESTS
 from soudan_shared.testing.waiting import wait_until
 from soudan_shared.topology import Topology
@@ -22,13 +20,6 @@ if TYPE_CHECKING:  # the fixtures' types, from this directory's conftest.py
     from conftest import BusQueues, Ingress, LinePlatform, StartIngress
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-WEBHOOK_SPEC = Path(
-    os.environ.get(
-        "LINE_WEBHOOK_SPEC",
-        Path(__file__).resolve().parents[4] / "shared" / "line-openapi" / "webhook.yml",
-    )
-)
 
 
 def _assert_arrived_as_sent(
@@ -57,66 +48,69 @@ async def test_lines_signature_example_is_answered_200(start_ingress: StartIngre
     assert answer.status == 200
 
 
+def _model_example(name: str) -> dict[str, Any]:
+    """An example of the line-bot-sdk model ``name``, every property filled in (its JSON schema
+    is generated from LINE's webhook OpenAPI document, the one the SDK is built from)."""
+    schema = getattr(line_models, name).schema(by_alias=True)
+    value: dict[str, Any] = _example(schema, schema.get("definitions", {}))
+    return value
+
+
+def _discriminated(name: str) -> dict[str, str]:
+    """The SDK's discriminator mapping of model ``name`` (type value → model), empty if none."""
+    mapping: dict[str, str] = getattr(
+        getattr(line_models, name), f"_{name}__discriminator_value_class_map", {}
+    )
+    return mapping
+
+
+def _example(schema: dict[str, Any], definitions: dict[str, Any]) -> Any:
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[1]
+        mapping = _discriminated(name) if hasattr(line_models, name) else {}
+        if mapping:  # an abstract type (Source, MessageContent, …): its first concrete kind
+            key, concrete = next(iter(mapping.items()))
+            return {**_model_example(concrete), "type": key}
+        return _example(definitions[name], definitions)
+    if "allOf" in schema:
+        merged: dict[str, Any] = {}
+        for part in schema["allOf"]:
+            merged.update(_example(part, definitions))
+        return merged
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type", "object")
+    if kind == "object":
+        value = {name: _example(p, definitions) for name, p in schema.get("properties", {}).items()}
+        if isinstance(schema.get("additionalProperties"), dict):
+            value["someKey"] = _example(schema["additionalProperties"], definitions)
+        return value
+    if kind == "array":
+        return [_example(schema["items"], definitions)]
+    return {"string": "値 value", "integer": 3, "number": 43.0675, "boolean": True}[kind]
+
+
 def _spec_event_bodies(line: LinePlatform) -> list[dict[str, Any]]:
     """One event per event type of LINE's webhook schema (one per content type for messages),
-    every property filled in, plus follow both ways and a type nobody has heard of."""
-    if not WEBHOOK_SPEC.is_file():
-        pytest.fail(
-            f"LINE's webhook schema not found at {WEBHOOK_SPEC}: the tests expect the project's "
-            "shared/ folder beside the repository, or LINE_WEBHOOK_SPEC naming webhook.yml"
-        )
-    schemas = yaml.safe_load(WEBHOOK_SPEC.read_text(encoding="utf-8"))["components"]["schemas"]
+    every property filled in, plus follow both ways and a type nobody has heard of. The schema
+    is the one line-bot-sdk's generated webhook models carry, so a clone needs nothing beside it."""
 
-    def resolve(ref: str) -> dict[str, Any]:
-        schema: dict[str, Any] = schemas[ref.rsplit("/", 1)[1]]
-        return schema
-
-    def example(schema: dict[str, Any], *, dispatch: bool = True) -> Any:
-        if "$ref" in schema:
-            return example(resolve(schema["$ref"]), dispatch=dispatch)
-        if dispatch and "discriminator" in schema:
-            key, ref = next(iter(schema["discriminator"]["mapping"].items()))
-            value = example(resolve(ref), dispatch=False)
-            value[schema["discriminator"]["propertyName"]] = key
-            return value
-        if "allOf" in schema:
-            merged: dict[str, Any] = {}
-            for part in schema["allOf"]:
-                merged.update(example(part, dispatch=False))
-            return merged
-        if "enum" in schema:
-            return schema["enum"][0]
-        kind = schema.get("type", "object")
-        if kind == "object":
-            value = {name: example(prop) for name, prop in schema.get("properties", {}).items()}
-            if isinstance(schema.get("additionalProperties"), dict):
-                value["someKey"] = example(schema["additionalProperties"])
-            return value
-        if kind == "array":
-            return [example(schema["items"])]
-        if schema.get("format") == "uri":
-            return "https://example.com/content/1"
-        return {"string": "値 value", "integer": 3, "number": 43.0675, "boolean": True}[kind]
-
-    def event_of(type_: str, ref: str, user_id: str) -> dict[str, Any]:
-        fields = example(resolve(ref), dispatch=False)
+    def event_of(type_: str, model: str, user_id: str) -> dict[str, Any]:
+        fields = _model_example(model)
         for base in ("type", "timestamp", "webhookEventId", "deliveryContext", "source", "mode"):
             fields.pop(base, None)
         return line.event(type_, user_id, **fields)
 
-    mapping = schemas["Event"]["discriminator"]["mapping"]
+    mapping = _discriminated("Event")
     events = []
-    for type_, ref in mapping.items():
+    for type_, model in mapping.items():
         if type_ == "message":
-            for content_type, content_ref in schemas["MessageContent"]["discriminator"][
-                "mapping"
-            ].items():
-                event = event_of(type_, ref, line.user())
-                event["message"] = {**example(resolve(content_ref), dispatch=False)}
-                event["message"]["type"] = content_type
+            for content_type, content_model in _discriminated("MessageContent").items():
+                event = event_of(type_, model, line.user())
+                event["message"] = {**_model_example(content_model), "type": content_type}
                 events.append(event)
         else:
-            events.append(event_of(type_, ref, line.user()))
+            events.append(event_of(type_, model, line.user()))
     follow = event_of("follow", mapping["follow"], line.user())
     events.append({**follow, "follow": {"isUnblocked": not follow["follow"]["isUnblocked"]}})
     events.append(
@@ -164,6 +158,29 @@ async def test_one_body_of_several_users_keeps_each_users_events_in_order_on_one
         assert on_shard == [e for e in events if e["source"]["userId"] == user]
         others = [s for s in bus_queues.shards if s != shard]
         assert not any(m["user_id"] == user for s in others for m in bus_queues.shards[s])
+
+
+async def test_ingress_set_to_seven_shards_spreads_the_users_over_all_seven_queues(
+    start_ingress: StartIngress,
+    line: LinePlatform,
+    bus_queues: BusQueues,
+    topology: Topology,
+) -> None:
+    ingress = await start_ingress(shards=7)
+    seven = Topology(namespace=topology.namespace, line_event_shards=7)
+    users: dict[int, str] = {}
+    while len(users) < 7:
+        user = line.user()
+        users.setdefault(seven.shard(user), user)
+    events = [line.text(users[shard], f"shard {shard}") for shard in sorted(users)]
+
+    assert (await ingress.post(line.body(events))).status == 200
+
+    bus_queues.topology = seven  # read the seven queues, not the test topology's four
+    await bus_queues.wait_line_events(7)
+    assert sorted(bus_queues.shards) == list(range(7))
+    for shard, user in users.items():
+        assert [m["user_id"] for m in bus_queues.shards[shard]] == [user]
 
 
 async def test_a_redelivered_event_arrives_again_with_its_id_and_the_redelivery_flag(

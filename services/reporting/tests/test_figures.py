@@ -10,6 +10,7 @@ from soudan_reporting.factgen import MonthGenerator, reference_figures, store_fa
 from soudan_reporting.figures import Durations, Figures, TokenState
 from soudan_reporting.month import Month
 from soudan_reporting.recorder import EVENTS, TOKYO
+from soudan_reporting.report import Labels, Limits, build_report
 from soudan_shared import fact_types as ft
 from soudan_shared.contracts import Fact
 from soudan_shared.store import Store
@@ -64,6 +65,18 @@ async def test_a_generated_month_gives_exactly_the_figures_of_their_definitions(
     assert figures.flag_to_reply.n > 0
     assert figures.urgent_by_keyword
     assert figures.webhook_latency_ms
+    # the month's LINE budget: the last reading of the month, pushes and free replies by kind
+    assert figures.quota_limit == 5_000
+    readings = [f for f in facts if f.type == ft.LINE_QUOTA_READ and OCTOBER.start <= f.at]
+    assert figures.quota_used == max(readings, key=lambda f: f.at).data["used"]
+    assert figures.pushes_by_kind["counselor"] > 0
+    assert figures.free_replies_by_kind["counselor"] > 0
+    assert figures.free_replies_by_kind["auto"] > 0
+    # the check-ins after a close: sent, answered by choice (each case once), skipped
+    assert figures.checkin_sent > 0
+    assert set(figures.checkin_answers) == {"good", "neutral", "bad"}
+    assert 0 < sum(figures.checkin_answers.values()) < figures.checkin_sent
+    assert figures.checkin_skipped.get("emergency", 0) > 0
 
 
 def _outside(facts: list[Fact], fact_type: str) -> int:
@@ -115,6 +128,58 @@ async def test_many_cases_alike_in_one_hour_are_each_counted(store: Store) -> No
     assert (figures.cases_out_of_scope, figures.cases_urgent_at_open) == (20, 20)
     assert figures.opened_by_hour == {19: 20}
     assert figures.opened_by_school == {"other": 20}
+
+
+async def test_a_case_whose_school_answer_comes_after_its_first_message_is_counted_out_of_scope(
+    store: Store,
+) -> None:
+    at = _jst(2026, 10, 9, 19, 0)
+    opened = {"in_hours": True, "out_of_scope": False, "urgent": False, "school_type": None}
+
+    def answer(seconds: int, user: str, school: str, eligible: bool) -> Fact:
+        return _fact(
+            ft.SCHOOL_TYPE_SET,
+            at + timedelta(seconds=seconds),
+            user_id=user,
+            school_type=school,
+            eligible=eligible,
+        )
+
+    facts = [
+        # writes first, answers "other" (対象外) while the case is open: 対象外 in the console
+        _fact(ft.CASE_OPENED, at, case_id="late", user_id="U1", **opened),
+        answer(30, "U1", "other", False),
+        # answers 対象外, then corrects it to a public high school: in scope again
+        _fact(ft.CASE_OPENED, at, case_id="corrected", user_id="U2", **opened),
+        answer(20, "U2", "sapporo_city", False),
+        answer(40, "U2", "public_high", True),
+        # answers only after the case was closed: the closed case stays as it was
+        _fact(ft.CASE_OPENED, at, case_id="closed", user_id="U3", **opened),
+        _fact(ft.CASE_CLOSED, at + timedelta(seconds=50), case_id="closed", category="other"),
+        answer(60, "U3", "other", False),
+        # answered before writing: 対象外 from the start
+        answer(-60, "U4", "private_outside", False),
+        _fact(
+            ft.CASE_OPENED,
+            at,
+            case_id="early",
+            user_id="U4",
+            **{**opened, "out_of_scope": True, "school_type": "private_outside"},
+        ),
+    ]
+    await store_facts(store.db[EVENTS], facts)
+
+    figures = await compute_figures(store.db[EVENTS], OCTOBER)
+
+    assert figures.cases_opened == 4
+    assert figures.cases_out_of_scope == 2  # "late" and "early"
+    assert figures.opened_by_school == {
+        "other": 1,
+        "public_high": 1,
+        "": 1,
+        "private_outside": 1,
+    }
+    assert figures == reference_figures(facts, OCTOBER)
 
 
 async def test_a_reply_after_the_month_ends_counts_for_the_case_that_began_in_it(
@@ -189,6 +254,44 @@ async def test_the_time_from_flag_to_reply_counts_only_replies_after_the_flag(
     assert figures.first_reply_urgent == Durations(1, 60.0, 60.0)
 
 
+async def test_urgent_cases_are_counted_once_per_risk_category_they_were_flagged_for(
+    store: Store,
+) -> None:
+    at = _jst(2026, 10, 7, 18, 0)
+    flags = [
+        ("a", ["自傷"], 0),
+        ("a", ["自傷", "自殺念慮"], 30),  # the same case again: 自傷 still counts once
+        ("b", ["暴力・虐待"], 60),
+        ("c", [], 90),  # a keyword alone
+    ]
+    facts = [
+        _fact(
+            ft.CASE_FLAGGED_URGENT,
+            at + timedelta(minutes=minutes),
+            case_id=case,
+            keywords=[] if risks else ["死に"],
+            risks=risks,
+            in_hours=True,
+        )
+        for case, risks, minutes in flags
+    ]
+    await store_facts(store.db[EVENTS], facts)
+
+    figures = await compute_figures(store.db[EVENTS], OCTOBER)
+
+    assert figures.urgent_cases == 3
+    assert figures.urgent_by_risk == {"自傷": 1, "自殺念慮": 1, "暴力・虐待": 1}
+    assert figures.urgent_by_keyword == {"死に": 1}
+    report = build_report(figures, labels=Labels(), limits=Limits(), built_at=at)
+    tables = {t.title: t for s in report.sections for t in s.tables}
+    assert tables["危険のサインの種類別（相談の件数）"].rows == (
+        ("自殺念慮", 1),
+        ("方法・手段", 0),
+        ("自傷", 1),
+        ("暴力・虐待", 1),
+    )
+
+
 async def test_webhook_summaries_merge_whether_their_buckets_are_cumulative_or_not(
     store: Store,
 ) -> None:
@@ -212,6 +315,25 @@ async def test_webhook_summaries_merge_whether_their_buckets_are_cumulative_or_n
     assert figures.webhook_requests == 30
     assert figures.webhook_by_status == {"200": 27, "401": 3}
     assert figures.webhook_latency_ms == {"<=10": 18, "<=100": 9, "+Inf": 3}
+
+
+async def test_a_month_of_only_cumulative_webhook_summaries_is_differenced_on_every_engine(
+    store: Store,
+) -> None:
+    # The bucket counts of one summary are added up with $reduce: {"$sum": "$kv.v"} over an
+    # array of documents gave nothing on SecantusDB 0.7.0b3, so nothing was differenced there.
+    at = _jst(2026, 10, 3, 9, 0)
+    cumulative = {"<=10": 2, "<=100": 5, "+Inf": 6}
+    facts = [
+        _fact(ft.WEBHOOK_REQUESTS, at + timedelta(minutes=i), requests=6, by_status={"200": 6},
+              latency_ms_buckets=cumulative)
+        for i in range(2)
+    ]  # fmt: skip
+    await store_facts(store.db[EVENTS], facts)
+
+    figures = await compute_figures(store.db[EVENTS], OCTOBER)
+
+    assert figures.webhook_latency_ms == {"<=10": 4, "<=100": 6, "+Inf": 2}
 
 
 @pytest.mark.parametrize(
@@ -253,3 +375,48 @@ async def test_a_past_month_gives_the_same_figures_after_later_months_are_record
     again = await compute_figures(store.db[EVENTS], OCTOBER)
 
     assert again == before
+
+
+async def test_the_security_tables_name_staff_and_settings_as_the_section_knows_them(
+    store: Store,
+) -> None:
+    admin, counselor = "9f" * 16, "3a" * 16  # the console's 32-character account ids
+    canned = "c7" * 16
+    at = _jst(2026, 10, 9, 19, 0)
+    facts = [
+        _fact(ft.STAFF_CREATED, at, staff_id=admin, role="admin", by="bootstrap", name="管理 一郎"),
+        _fact(  # created after the admin: the table lists changes in the order they were made
+            ft.STAFF_CREATED,
+            at + timedelta(minutes=1),
+            staff_id=counselor,
+            role="counselor",
+            by=admin,
+            name="相談 花子",
+        ),
+        _fact(ft.PASSWORD_CHANGED, at, staff_id=counselor, by=counselor),
+        _fact(ft.CASE_VIEWED, at, staff_id=counselor, case_id="c1"),
+        _fact(ft.SETTINGS_CHANGED, at, what=f"canned_responses.{canned}", staff_id=admin),
+        _fact(ft.SETTINGS_CHANGED, at, what=f"canned_responses.{'d8' * 16}", staff_id=admin),
+        _fact(ft.SETTINGS_CHANGED, at, what="config.hours", staff_id=admin),
+        _fact(ft.SETTINGS_CHANGED, at, what=f"staff.{counselor}.locked", staff_id=admin),
+    ]
+    await store_facts(store.db[EVENTS], facts)
+    figures = await compute_figures(store.db[EVENTS], OCTOBER)
+    report = build_report(figures, labels=Labels(), limits=Limits(), built_at=at)
+    tables = {t.title: t for s in report.sections for t in s.tables}
+
+    staff_column = [row[0] for row in tables["職員のパスワードと二要素認証（月末）"].rows]
+    assert staff_column == [f"相談 花子（{counselor}）", f"管理 一郎（{admin}）"]
+    changes = tables["職員アカウントの変更"].rows
+    assert [(row[1], row[5]) for row in changes] == [
+        (f"管理 一郎（{admin}）", "初期設定（最初の管理者）"),
+        (f"相談 花子（{counselor}）", f"管理 一郎（{admin}）"),
+    ]
+    assert [row[0] for row in tables["相談記録の閲覧と操作（監査記録の集計）"].rows] == [
+        f"相談 花子（{counselor}）"
+    ]
+    assert tables["設定の変更"].rows == (
+        ("定型の返信（追加・削除）", 2),
+        ("相談の期間と受付時間・休みの日", 1),
+        ("職員アカウントのロック解除", 1),
+    )

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 import pytest
+from pymongo.errors import ConnectionFailure
 from soudan_reporting.app import create_app
-from soudan_reporting.recorder import EVENTS, event_document
+from soudan_reporting.recorder import EVENTS, FactRecorder, event_document, record_fact
 from soudan_reporting.settings import ReportingSettings
 from soudan_shared.bus import Bus
 from soudan_shared.contracts import Fact
@@ -124,3 +127,64 @@ async def test_a_fact_republished_for_the_same_cause_is_recorded_once(
     events = store.db[EVENTS]
     await wait_until(lambda: events.find_one({"_id": other.id}), message="last fact recorded")
     assert await events.count_documents({"type": "message.received"}) == 2
+
+
+class _CountingEvents:
+    """The ``events`` collection, counting the writes sent to the store and failing the first
+    ``fail`` of them as a store that went away would."""
+
+    def __init__(self, events: Any, *, fail: int = 0) -> None:
+        self.events = events
+        self.writes = 0
+        self.fail = fail
+
+    async def insert_many(self, documents: list[dict[str, Any]], **kw: Any) -> Any:
+        self.writes += 1
+        if self.fail:
+            self.fail -= 1
+            raise ConnectionFailure("store gone")
+        return await self.events.insert_many(documents, **kw)
+
+    async def insert_one(self, document: dict[str, Any], **kw: Any) -> Any:
+        self.writes += 1
+        return await self.events.insert_one(document, **kw)
+
+
+@pytest.mark.integration
+async def test_facts_that_arrive_together_are_written_in_one_round_trip_and_each_kept_once(
+    store: Store,
+) -> None:
+    events = _CountingEvents(store.db[EVENTS])
+    recorder = FactRecorder(events)
+    earlier = Fact(type="case.opened", service="triage", data={"case_id": "c0"})
+    assert await record_fact(store.db[EVENTS], earlier)
+    burst = [Fact(type="message.received", service="triage", data={"n": n}) for n in range(8)]
+    # a redelivery of one of them in the same burst, and one of a fact recorded long ago
+    delivered = [*burst, burst[3], earlier]
+    outcomes = await asyncio.gather(*(recorder.record(fact) for fact in delivered))
+    assert outcomes == [True] * 8 + [False, False]
+    assert events.writes == 1
+    stored = await store.db[EVENTS].find({"type": "message.received"}).to_list()
+    assert sorted(doc["data"]["n"] for doc in stored) == list(range(8))
+    assert await store.db[EVENTS].count_documents({}) == 9
+
+
+@pytest.mark.integration
+async def test_facts_the_store_did_not_take_fail_their_handlers_and_are_kept_once_when_retried(
+    store: Store,
+) -> None:
+    events = _CountingEvents(store.db[EVENTS], fail=1)
+    recorder = FactRecorder(events)
+    burst = [Fact(type="reply.sent", service="dispatch", data={"n": n}) for n in range(5)]
+    outcomes = await asyncio.gather(
+        *(recorder.record(fact) for fact in burst), return_exceptions=True
+    )
+    assert all(isinstance(outcome, ConnectionFailure) for outcome in outcomes)
+    assert await store.db[EVENTS].count_documents({}) == 0
+    # the bus delivers them again: now stored, each once
+    again = await asyncio.gather(*(recorder.record(fact) for fact in burst))
+    assert again == [True] * 5
+    assert await store.db[EVENTS].count_documents({}) == 5
+    # and one more redelivery of them all is recognised as already recorded
+    assert await asyncio.gather(*(recorder.record(fact) for fact in burst)) == [False] * 5
+    assert await store.db[EVENTS].count_documents({}) == 5

@@ -1,5 +1,11 @@
 """The RabbitMQ bus (aio-pika): connect, declare, publish with confirms, consume safely.
 
+Connecting: ``url`` may name several brokers (the nodes of a cluster), separated by commas. The
+connection is robust (aio-pika reconnects it and restores its channels and consumers) and moves
+to the next address each time a connection is lost or an attempt fails, so a service fails
+over to a live node by itself; quorum queues keep their messages while a majority of their
+nodes lives, whichever node a client reaches them through.
+
 Publishing: publisher confirms **and** ``mandatory``; a returned (unroutable) message raises;
 every publish has a timeout, because during an outage a robust connection waits rather than
 fails. Any failure surfaces as :class:`PublishFailed`.
@@ -23,10 +29,11 @@ import contextlib
 import random
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar, cast
+from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq
@@ -38,7 +45,10 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from aiormq.abc import FieldTable
 from prometheus_client import CollectorRegistry, Counter
+from pymongo.errors import ConnectionFailure
+from yarl import URL
 
 from soudan_shared.contracts import (
     Fact,
@@ -59,6 +69,40 @@ Handler = Callable[[M], Awaitable[None]]
 REASON_HEADER = "x-soudan-reason"
 
 
+def broker_urls(url: str | Sequence[str]) -> list[str]:
+    """The broker addresses of ``url``: one ``amqp://`` or ``amqps://`` URL, several separated by
+    commas (a comma in a password is written ``%2C``), or a list of them."""
+    parts = url.split(",") if isinstance(url, str) else list(url)
+    urls = [part.strip() for part in parts if part.strip()]
+    if not urls:
+        raise ValueError("no broker address (amqp://user:password@host:5672/)")
+    for n, candidate in enumerate(urls, 1):
+        if urlsplit(candidate).scheme not in ("amqp", "amqps"):
+            # The address itself is not repeated: it may hold a password.
+            raise ValueError(f"broker address {n} of {len(urls)} is not an amqp:// or amqps:// URL")
+    return urls
+
+
+class FailoverConnection(aio_pika.RobustConnection):
+    """A robust connection over several broker addresses, round robin.
+
+    aio-pika's robust connection reconnects to the one URL it was made with; this one points
+    itself at the next address whenever a connection closes or an attempt fails (aio-pika calls
+    ``_on_connection_close`` in both cases), before the reconnect that follows.
+    """
+
+    def __init__(self, url: Any, *args: Any, addresses: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(url, *args, **kwargs)
+        self.addresses = [URL(a) for a in addresses] or [self.url]
+        self._index = self.addresses.index(self.url) if self.url in self.addresses else 0
+
+    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
+        if len(self.addresses) > 1 and not self.close_called:
+            self._index = (self._index + 1) % len(self.addresses)
+            self.url = self.addresses[self._index]
+        await super()._on_connection_close(closing)
+
+
 class PublishFailed(Exception):
     """The broker did not take the message: down, refused, unroutable or too slow to confirm."""
 
@@ -73,14 +117,26 @@ class Transient(Exception):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """In-process retries before a failing message is requeued to the broker."""
+    """In-process retries before a failing message is requeued to the broker.
+
+    A failure that says a dependency is unreachable (``unavailable``: by default the store's
+    connection failures, server selection timeouts included, and a publish the broker did not
+    take) is retried in process for as long as it lasts, with the delay capped at
+    ``unavailable_max_delay``: requeueing could not help, and would spend the queue's delivery
+    limit, which is for messages that can never succeed, so a long database outage, or a
+    broker node failing over (a handler's publishes refused for seconds, the message and those
+    of its key behind it requeued again and again), would dead-letter students' messages that
+    are fine.
+    """
 
     attempts: int = 3
     first_delay: float = 0.1
     max_delay: float = 2.0
+    unavailable: tuple[type[BaseException], ...] = (ConnectionFailure, PublishFailed)
+    unavailable_max_delay: float = 5.0
 
-    def delay(self, attempt: int) -> float:
-        base: float = min(self.max_delay, self.first_delay * 2**attempt)
+    def delay(self, attempt: int, *, cap: float | None = None) -> float:
+        base: float = min(cap or self.max_delay, self.first_delay * 2**attempt)
         return base / 2 + random.uniform(0, base / 2)  # noqa: S311 - jitter, not security
 
 
@@ -112,20 +168,23 @@ class Bus:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         topology: Topology,
         service: str,
         publish_timeout: float = 5.0,
         metrics_registry: CollectorRegistry | None = None,
     ) -> None:
-        self._url = url
+        self._urls = broker_urls(url)
+        self._next_url = 0  # where the next fresh connection starts; moves on after a failure
         self.topology = topology
         self.service = service
         self.publish_timeout = publish_timeout
         self.metrics = BusMetrics(metrics_registry)
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractChannel | None = None
+        self._renewing: asyncio.Task[None] | None = None
+        self._renewed_at = 0.0
         self._exchange: AbstractExchange | None = None
         self._dead_exchange: AbstractExchange | None = None
         self._consumers: list[_Consumer[Any]] = []
@@ -152,8 +211,12 @@ class Bus:
                 connection = await self._connect()
             except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
                 self._log.warning(
-                    "broker_unreachable", retry_in=round(delay, 2), error=repr(exc)[:200]
+                    "broker_unreachable",
+                    address=self._next_url + 1,
+                    retry_in=round(delay, 2),
+                    error=repr(exc)[:200],
                 )
+                self._next_url = (self._next_url + 1) % len(self._urls)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
@@ -183,12 +246,12 @@ class Bus:
         made: list[AbstractRobustConnection] = []
 
         def make(*args: Any, **kwargs: Any) -> AbstractRobustConnection:
-            made.append(aio_pika.RobustConnection(*args, **kwargs))
+            made.append(FailoverConnection(*args, addresses=self._urls, **kwargs))
             return made[-1]
 
         try:
             connection: AbstractRobustConnection = await aio_pika.connect_robust(
-                self._url,
+                self._urls[self._next_url],
                 client_properties={"connection_name": f"soudan-{self.service}"},
                 reconnect_interval=1.0,
                 timeout=10,
@@ -230,6 +293,10 @@ class Bus:
             self._connect_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._connect_task
+        if self._renewing is not None:
+            self._renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._renewing
         for consumer in self._consumers:
             await consumer.stop()
         if self._connection is not None:
@@ -283,16 +350,60 @@ class Bus:
         except aiormq.exceptions.DeliveryError as exc:
             reason = "unroutable" if exc.message and exc.message.delivery is not None else "nacked"
             self.metrics.publish_failures.labels(reason).inc()
+            if reason == "nacked":
+                self._renew_publishing()
             raise PublishFailed(f"{reason}: {routing_key}") from exc
         except TimeoutError as exc:
             self.metrics.publish_failures.labels("timeout").inc()
             raise PublishFailed(f"no confirm within {timeout:g}s") from exc
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this task is being cancelled: let it go
+            # aiormq hands a publish caught by a connection reset its cancelled reader task's
+            # CancelledError; to the caller that is a publish that failed, like any other loss.
+            self.metrics.publish_failures.labels("error").inc()
+            raise PublishFailed("the connection was lost while publishing") from exc
         except Exception as exc:
             self.metrics.publish_failures.labels("error").inc()
             raise PublishFailed(f"{type(exc).__name__}: {exc}"[:300]) from exc
         if not isinstance(confirmation, aiormq.spec.Basic.Ack):
             self.metrics.publish_failures.labels("nacked").inc()
+            self._renew_publishing()
             raise PublishFailed(f"broker answered {type(confirmation).__name__}")
+
+    def _renew_publishing(self) -> None:
+        """Publish on a fresh channel from now on (at most once a second), the current one
+        closed once the new one is open.
+
+        RabbitMQ 3.10 nacks every publish of a channel whose first publish to a quorum queue
+        came while that queue had no leader (its node just died), even after a new leader is
+        elected; a new channel publishes normally. A nack for any other reason (a full queue)
+        costs only a channel.
+        """
+        loop = asyncio.get_running_loop()
+        if self._renewing is not None or loop.time() - self._renewed_at < 1.0 or self._closing:
+            return
+        self._renewed_at = loop.time()
+        self._renewing = asyncio.create_task(self._open_publishing(), name="bus-renew-publishing")
+
+    async def _open_publishing(self) -> None:
+        old, connection = self._publish_channel, self._connection
+        try:
+            if connection is None:
+                return
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            exchange = await channel.get_exchange(self.topology.exchange, ensure=False)
+            dead = await channel.get_exchange(self.topology.dead_letter_exchange, ensure=False)
+            self._publish_channel, self._exchange, self._dead_exchange = channel, exchange, dead
+            self._log.info("publish_channel_renewed")
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await old.close()
+        except Exception as exc:  # between reconnects: the next nack tries again
+            self._log.warning("publish_channel_renewal_failed", error=type(exc).__name__)
+        finally:
+            self._renewing = None
 
     async def dead_letter(self, queue: str, incoming: AbstractIncomingMessage, reason: str) -> None:
         """Put a copy of ``incoming`` in ``queue``'s dead-letter queue with ``reason``."""
@@ -329,6 +440,7 @@ class Bus:
         retry: RetryPolicy | None = None,
         priority: Callable[[M], bool] | None = None,
         concurrency: int | None = None,
+        consumer_priority: int | None = None,
     ) -> None:
         """Handle every message of ``queue`` (a name relative to the namespace) with ``handler``.
 
@@ -336,6 +448,10 @@ class Bus:
         default) and one key's messages one after another; the others wait in delivery order,
         those passing ``priority`` first. ``priority`` only matters with ``concurrency`` below
         ``prefetch``: it reorders what is waiting, never what one key sent.
+
+        ``consumer_priority`` is the consumer's ``x-priority``: of a single-active-consumer
+        quorum queue's consumers, RabbitMQ 4 makes the highest-priority one active (once the
+        active one's deliveries are settled, so the order holds); RabbitMQ 3 keeps the first.
         """
         if priority is not None and ordering_key is None:
             raise ValueError("priority needs an ordering_key (it reorders keys, never within one)")
@@ -349,6 +465,7 @@ class Bus:
             retry=retry or RetryPolicy(),
             priority=priority,
             concurrency=concurrency,
+            consumer_priority=consumer_priority,
         )
         self._register(consumer)
 
@@ -443,8 +560,10 @@ class _Consumer(Generic[M]):
         live_bindings: tuple[str, ...] | None = None,
         priority: Callable[[M], bool] | None = None,
         concurrency: int | None = None,
+        consumer_priority: int | None = None,
     ) -> None:
         self.bus = bus
+        self.consumer_priority = consumer_priority
         self.live_bindings = live_bindings
         self.queue_name = queue_name
         self.model = model
@@ -486,7 +605,10 @@ class _Consumer(Generic[M]):
             # Declared (passively) rather than looked up, so the robust channel restores the
             # consumer after a reconnect.
             self._queue = await channel.declare_queue(self.queue_name, passive=True)
-        self._tag = await self._queue.consume(self._on_message)
+        arguments: FieldTable | None = None
+        if self.consumer_priority is not None:
+            arguments = {"x-priority": self.consumer_priority}
+        self._tag = await self._queue.consume(self._on_message, arguments=arguments)
 
     async def stop(self) -> None:
         # Nothing more starts; what is waiting was never acked and comes back to the queue, in
@@ -572,7 +694,7 @@ class _Consumer(Generic[M]):
         structlog.contextvars.bind_contextvars(
             message_id=incoming.message_id, correlation_id=incoming.correlation_id
         )
-        attempt = 0
+        attempt = waits = 0
         while True:
             try:
                 await self.handler(message)
@@ -582,11 +704,28 @@ class _Consumer(Generic[M]):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                attempt += 1
                 if self.live_bindings is not None:
                     log.warning("live_handler_failed", queue=self.queue_name, error=repr(exc))
                     await self._settle(incoming, "dropped", requeue=False)
                     return
+                if isinstance(exc, self.retry.unavailable) and not self._stopping:
+                    if _channel_closed(incoming):
+                        # The broker took it back when its channel went and delivers it again
+                        # on the new one; holding this copy would hold its key's line too.
+                        log.warning("handler_released", queue=self.queue_name)
+                        return
+                    waits += 1
+                    if waits == 1 or waits % 20 == 0:
+                        log.warning(
+                            "handler_waiting_for_dependency",
+                            queue=self.queue_name,
+                            waits=waits,
+                            error=type(exc).__name__,
+                        )
+                    cap = self.retry.unavailable_max_delay
+                    await asyncio.sleep(self.retry.delay(waits, cap=cap))
+                    continue
+                attempt += 1
                 if attempt < self.retry.attempts:
                     log.warning(
                         "handler_retry",
@@ -644,3 +783,11 @@ class _Consumer(Generic[M]):
             log.warning("settle_failed", queue=self.queue_name, error=type(exc).__name__)
             return
         self.bus.metrics.consumed.labels(self.queue_name, outcome).inc()
+
+
+def _channel_closed(incoming: AbstractIncomingMessage) -> bool:
+    """Whether the channel ``incoming`` came on is gone (its delivery can no longer be settled)."""
+    try:
+        return bool(incoming.channel.is_closed)
+    except Exception:  # no channel object any more: gone too
+        return True

@@ -59,6 +59,7 @@ __all__ = [
     "LINE_QUICK_REPLY_LABEL_MAX",
     "LINE_TEXT_MAX",
     "OFFICIAL_KEYWORDS",
+    "RISK_CATEGORIES",
     "WEEKDAYS",
     "AgenciesConfig",
     "Agency",
@@ -67,6 +68,8 @@ __all__ = [
     "BroadcastTemplates",
     "CategoriesConfig",
     "Category",
+    "CheckinChoice",
+    "CheckinConfig",
     "ConfigError",
     "CongestionConfig",
     "CongestionEstimate",
@@ -80,6 +83,7 @@ __all__ = [
     "KeywordsConfig",
     "MenuReplies",
     "MessagesConfig",
+    "QuietHours",
     "RichMenuConfig",
     "RichMenuLabels",
     "SchoolTypeChoice",
@@ -88,6 +92,7 @@ __all__ = [
     "SoudanConfig",
     "WeeklyHours",
     "load_config",
+    "parse_clock",
 ]
 
 OFFICIAL_KEYWORDS: Final[tuple[str, ...]] = (
@@ -107,6 +112,10 @@ OFFICIAL_KEYWORDS: Final[tuple[str, ...]] = (
     "助け",
 )
 """The keywords of 運営要領 第5(4). Always on, whatever ``keywords.yaml`` says."""
+
+RISK_CATEGORIES: Final[tuple[str, ...]] = ("自殺念慮", "方法・手段", "自傷", "暴力・虐待")
+"""The categories of triage's risk reader (``risk.yaml``), in the order the report lists them.
+One list for triage (which reads them) and reporting (which counts them)."""
 
 WEEKDAYS: Final[tuple[str, ...]] = (
     "monday",
@@ -144,7 +153,8 @@ _KEY = r"^[a-z][a-z0-9_]*$"
 _PHONE = re.compile(r"#?[0-9][0-9-]*")
 
 
-def _parse_clock(value: object) -> time:
+def parse_clock(value: object) -> time:
+    """``"HH:MM"`` (00:00-23:59) as a time of day; ``ValueError`` naming the value otherwise."""
     if isinstance(value, time):
         return value
     match = _CLOCK.fullmatch(value) if isinstance(value, str) else None
@@ -155,7 +165,7 @@ def _parse_clock(value: object) -> time:
 
 ClockTime = Annotated[
     time,
-    BeforeValidator(_parse_clock),
+    BeforeValidator(parse_clock),
     PlainSerializer(lambda t: t.strftime("%H:%M"), return_type=str),
 ]
 """A time of day written ``"HH:MM"``; sessions do not cross midnight, so there is no 24:00."""
@@ -210,6 +220,7 @@ OutOfHoursTemplate = Annotated[_TemplateText, _template("next_open")]
 HoursReplyTemplate = Annotated[_TemplateText, _template(optional=("hours", "status"))]
 UrgentOutOfHoursTemplate = Annotated[_TemplateText, _template(optional=("next_open",))]
 PeriodNoticeTemplate = Annotated[_TemplateText, _template("period")]
+WaitTemplate = Annotated[_TemplateText, _template(optional=("ahead", "wait"))]
 
 
 def _phone(value: object) -> object:
@@ -445,12 +456,17 @@ class AutoReplies(_Model):
     """Fixed replies sent without a counselor (第5(1), 第5(2), 第6).
 
     ``out_of_hours`` is a template with ``{next_open}`` (the next opening, written by the
-    sender in Japanese); ``out_of_hours_urgent`` may use it too. The others are sent as is.
+    sender in Japanese); ``out_of_hours_urgent`` may use it too. ``congested`` and
+    ``wait_notice`` may use ``{ahead}`` (how many wait before the student) and ``{wait}`` (the
+    estimated wait, rounded up, e.g. 「20分ほど」). ``wait_notice`` goes to a student whose new
+    case (in hours, not urgent) no counselor has taken after ``wait_notice_after_minutes``
+    (None: never); ``wait_notice_first`` instead when nobody waits before them. The others are
+    sent as is.
     """
 
     out_of_hours: OutOfHoursTemplate
     out_of_hours_urgent: UrgentOutOfHoursTemplate
-    congested: Text
+    congested: WaitTemplate
     media_refused: Text
     media_refused_interval_minutes: PositiveCount = Field(
         default=10,
@@ -459,6 +475,20 @@ class AutoReplies(_Model):
     no_next_open: Text = Field(
         default="次の相談期間が決まったら、このLINEでお知らせします",
         description="stands in for {next_open} when no opening is configured ahead",
+    )
+    wait_notice: WaitTemplate = (
+        "メッセージありがとう。ちゃんと届いています。\n"
+        "いま、あなたの前に{ahead}人が待っています。お返事まで{wait}かかるかもしれません。\n"
+        "順番にお返事するので、このまま待っていてね。"
+    )
+    wait_notice_first: Text = (
+        "メッセージありがとう。ちゃんと届いています。\n"
+        "次があなたの番です。相談員の手があいたら、お返事するね。"
+    )
+    wait_notice_after_minutes: PositiveCount | None = Field(
+        default=10,
+        description="a new case in hours that no counselor took within this many minutes gets "
+        "wait_notice once (null: never)",
     )
 
 
@@ -532,6 +562,71 @@ class MenuReplies(_Model):
     next_open: OutOfHoursTemplate = "次に相談できるのは {next_open} からです。"
 
 
+class CheckinChoice(_Model):
+    """One quick-reply answer of the check-in; ``key`` is stored with the case and counted in
+    the report, ``reply`` answers the tap."""
+
+    key: Key
+    label: Annotated[
+        str,
+        StringConstraints(
+            strip_whitespace=True, min_length=1, max_length=LINE_QUICK_REPLY_LABEL_MAX
+        ),
+    ]
+    reply: Text
+
+
+class QuietHours(_Model):
+    """The students' hours of sleep (in ``hours.yaml``'s time zone): nothing is pushed from
+    ``start`` until ``end`` (``start`` after ``end`` spans midnight; equal: no quiet hours)."""
+
+    start: ClockTime = time(21, 30)
+    end: ClockTime = time(7, 30)
+
+
+class CheckinConfig(_Model):
+    """The one short question sent after a counselor closes a case.
+
+    Not after an emergency; not for 対象外 cases unless ``out_of_scope``; never in the quiet
+    hours (a close then sends it when they end, unless the student wrote again meanwhile or
+    blocked the account); at most once per case.
+    """
+
+    enabled: bool = True
+    question: Text = (
+        "今日は話してくれてありがとう。話してみて、どうだったかな？\n下のボタンで教えてね。"
+    )
+    choices: Annotated[
+        tuple[CheckinChoice, ...], Field(min_length=1, max_length=LINE_QUICK_REPLY_ITEMS_MAX)
+    ] = (
+        CheckinChoice(
+            key="good",
+            label="話してよかった",
+            reply="教えてくれてありがとう。また話したくなったら、いつでもメッセージを送ってね。",
+        ),
+        CheckinChoice(
+            key="neutral",
+            label="ふつう",
+            reply="教えてくれてありがとう。また話したくなったら、いつでもメッセージを送ってね。",
+        ),
+        CheckinChoice(
+            key="bad",
+            label="よくなかった",
+            reply="正直に教えてくれてありがとう。うまく力になれなくて、ごめんね。"
+            "また話したくなったら、いつでもメッセージを送ってね。",
+        ),
+    )
+    out_of_scope: bool = False
+    quiet_hours: QuietHours = QuietHours()
+
+    @field_validator("choices")
+    @classmethod
+    def _unique_choices(cls, choices: tuple[CheckinChoice, ...]) -> tuple[CheckinChoice, ...]:
+        _unique([c.key for c in choices], "key")
+        _unique([c.label for c in choices], "label")
+        return choices
+
+
 class MessagesConfig(_Model):
     """``messages.yaml``: every fixed text of the account, in Japanese.
 
@@ -546,6 +641,7 @@ class MessagesConfig(_Model):
     broadcast: BroadcastTemplates
     menu: MenuReplies = MenuReplies()
     rich_menu: RichMenuConfig = Field(default_factory=lambda: RichMenuConfig())
+    checkin: CheckinConfig = Field(default_factory=lambda: CheckinConfig())
 
 
 # -- keywords.yaml -----------------------------------------------------------------------------
@@ -620,8 +716,8 @@ class CongestionEstimate(_Model):
     the time one case takes when too few cases were closed recently to measure it.
     """
 
-    counselors: PositiveCount = 2
-    minutes_per_case: PositiveCount = 30
+    counselors: PositiveCount = 4
+    minutes_per_case: PositiveCount = 40
 
 
 class CongestionConfig(_Model):

@@ -60,8 +60,13 @@ def parse_section_yaml(section: str, text: str) -> BaseModel:
 
 
 def section_yaml(value: BaseModel) -> str:
-    """A section as YAML text (for editing; comments of the file are not kept)."""
-    return yaml.safe_dump(value.model_dump(mode="json"), allow_unicode=True, sort_keys=False)
+    """A section as YAML text (for editing; comments of the file are not kept).
+
+    Settings left out (``None``) are left out here too instead of showing as ``null``: in the
+    sections edited as YAML every ``None`` is a field's default, so the text reads back the same.
+    """
+    data = value.model_dump(mode="json", exclude_none=True)
+    return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
 
 
 async def save_override(store_db: Any, section: str, value: BaseModel, *, staff_id: str) -> None:

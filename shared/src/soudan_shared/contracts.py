@@ -10,8 +10,10 @@ Names say what happened (``LineEventReceived``) or what is asked (``SendText``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
@@ -110,6 +112,9 @@ ReplyPurpose = Literal[
     "menu_hours",
     "menu_inquiry",
     "other",
+    "wait_notice",
+    "checkin",
+    "checkin_thanks",
 ]
 
 
@@ -147,6 +152,18 @@ class StartBroadcast(Message):
     method: Literal["multicast", "broadcast"] = "multicast"
     force: bool = False
     requested_by: str | None = None
+    template: str | None = Field(default=None, max_length=40)
+    """Which announcement of ``messages.yaml`` (``open_now``, ``period_notice``), for the lists."""
+
+    @property
+    def texts_digest(self) -> str:
+        return texts_digest(self.texts)
+
+
+def texts_digest(texts: Sequence[str]) -> str:
+    """A digest of an announcement's exact texts: tells "the same announcement again" apart
+    without carrying the text in facts."""
+    return hashlib.sha256("\x1f".join(texts).encode()).hexdigest()
 
 
 class Fact(Message):
@@ -176,7 +193,6 @@ class Fact(Message):
 
 SendText.model_rebuild()
 
-AnyMessage = LineEventReceived | SendText | StartBroadcast | Fact
 M = TypeVar("M", bound=Message)
 
 
@@ -226,3 +242,57 @@ def _short_errors(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "(root)"
         parts.append(f"{loc}: {err['msg']}")
     return "; ".join(parts)
+
+
+# -- the student's chat while a counselor works: read marks and the typing animation ---------
+
+LOADING_SECONDS_MIN = 5
+LOADING_SECONDS_MAX = 60
+LOADING_SECONDS_STEP = 5  # LINE takes 5, 10, ... 60 seconds, nothing in between
+
+
+class MarkRead(Message):
+    """Ask dispatch to mark a student's messages as read (既読), up to and including
+    ``message_id``, with that message's ``markAsReadToken`` (LINE marks it and every earlier
+    message of the chat).
+
+    Sent by the console only when a counselor has the conversation in front of them (the case
+    opened, or a new message shown on an open case page); nothing automatic ever sends one.
+    The id is derived from ``message_id`` (:func:`mark_read_id`), so marking the same message
+    twice is one command. ``token`` is a credential of LINE's: kept out of ``repr``, logs and
+    facts.
+    """
+
+    type: Literal["command.mark_read"] = "command.mark_read"
+    user_id: str = Field(min_length=1, description="LINE user id")
+    message_id: str = Field(min_length=1, max_length=128, description="the stored message's id")
+    token: str = Field(min_length=1, max_length=2000, repr=False)
+    case_id: str | None = None
+    staff_id: str | None = None
+
+
+def mark_read_id(message_id: str) -> str:
+    return stable_id("command.mark_read", message_id)
+
+
+class StartLoading(Message):
+    """Ask dispatch to show LINE's loading animation ("入力中…") in a student's chat for
+    ``seconds`` while a counselor writes a reply.
+
+    Short-lived: once ``seconds`` have passed since ``requested_at`` it means nothing any more
+    and dispatch drops it (it shows only what is left, in LINE's steps of 5 seconds); it is
+    also dropped when a message to the student went out after it was asked for (the animation
+    would outlive the reply it announced).
+    """
+
+    type: Literal["command.start_loading"] = "command.start_loading"
+    user_id: str = Field(min_length=1, description="LINE user id")
+    seconds: int = Field(
+        ge=LOADING_SECONDS_MIN, le=LOADING_SECONDS_MAX, multiple_of=LOADING_SECONDS_STEP
+    )
+    requested_at: UtcDatetime = Field(default_factory=utcnow)
+    case_id: str | None = None
+    staff_id: str | None = None
+
+
+AnyMessage = LineEventReceived | SendText | StartBroadcast | MarkRead | StartLoading | Fact

@@ -36,7 +36,8 @@ CASE_OPENED: Final = "case.opened"
 MESSAGE_RECEIVED: Final = "message.received"  # {case_id, user_id, message_id, chars}
 MEDIA_REFUSED: Final = "message.media_refused"  # {user_id, kind, replied: bool}
 MESSAGE_UNSENT: Final = "message.unsent"  # {user_id, message_id, case_id|None}
-CASE_FLAGGED_URGENT: Final = "case.flagged_urgent"  # {case_id, user_id, keywords: [...], in_hours}
+# {case_id, user_id, keywords: [...], risks: [risk category, ...], in_hours}
+CASE_FLAGGED_URGENT: Final = "case.flagged_urgent"
 # A decision to answer automatically; dispatch's reply.sent says it went out:
 # {user_id, case_id|None, purpose: greeting|out_of_hours|urgent_out_of_hours|congestion|
 #  media_refused|school_type_answer|…}
@@ -52,13 +53,22 @@ REPLY_SENT: Final = "reply.sent"
 #  "token used by an earlier try", or NOTE_MAYBE_TWICE (a possible duplicate after a crash)
 NOTE_MAYBE_TWICE: Final = "pushed after an earlier reply try: may have been received twice"
 REPLY_FAILED: Final = "reply.failed"
-# {purpose, user_id, case_id|None, reason, status, attempts, command_id,
+# {purpose, user_id, case_id|None, staff_id|None, problem, reason, status, attempts, command_id,
 #  maybe_delivered: an earlier try got no clear answer, so the student may have the text}
 LINE_API_ERROR: Final = "line.api_error"  # {endpoint, status, request_id|None}
+# broadcast.started and .refused also carry {requested_by, template, texts_digest}
 BROADCAST_STARTED: Final = "broadcast.started"  # {broadcast_id, audience, method, planned}
 BROADCAST_CHUNK_SENT: Final = "broadcast.chunk_sent"  # {broadcast_id, chunk, recipients}
 BROADCAST_FINISHED: Final = "broadcast.finished"  # {broadcast_id, recipients, failures}
 BROADCAST_REFUSED: Final = "broadcast.refused"  # {broadcast_id, reason}
+# The month's LINE message budget as dispatch last read it (soudan_dispatch.quota), when changed:
+# {limit|None, used, remaining|None, reserve}
+LINE_QUOTA_READ: Final = "line.quota_read"
+# The rich menu dispatch keeps as the default (soudan_dispatch.richmenu.RichMenuKeeper):
+# {rich_menu_id, previous|None, name} and {error, attempt, retry_in_seconds} (an alert: until it
+# is applied, students have no menu).
+RICH_MENU_APPLIED: Final = "line.rich_menu_applied"
+RICH_MENU_FAILED: Final = "line.rich_menu_failed"
 LINE_TOKEN_ROTATED: Final = "security.line_token_rotated"  # {issued_at, key_id|None}
 # Channel access tokens v2.1 that dispatch issues with its assertion signing key, and revokes
 # when it renews them: {key_id, issued_at, expires_at} and {key_id, reason: renewed|…}.
@@ -72,8 +82,8 @@ LOCKED_OUT: Final = "security.locked_out"  # {staff_id, source}
 PASSWORD_CHANGED: Final = "security.password_changed"  # {staff_id, by}
 SECOND_FACTOR_ENABLED: Final = "security.second_factor_enabled"  # {staff_id}
 SECOND_FACTOR_DISABLED: Final = "security.second_factor_disabled"  # {staff_id, by}
-STAFF_CREATED: Final = "staff.created"  # {staff_id, role, by}
-# (optionally ``name``, the display name: the monthly report then names staff by it, not by id)
+STAFF_CREATED: Final = "staff.created"  # {staff_id, role, by, name}
+# (``name``, the display name: the monthly report names staff by it; older facts may lack it)
 STAFF_ROLE_CHANGED: Final = "staff.role_changed"  # {staff_id, before, after, by}
 STAFF_DISABLED: Final = "staff.disabled"  # {staff_id, by}
 STAFF_ENABLED: Final = "staff.enabled"  # {staff_id, by}: a disabled account used again
@@ -83,6 +93,7 @@ CASE_RELEASED: Final = "case.released"  # {case_id, staff_id}
 CASE_TRANSFERRED: Final = "case.transferred"  # {case_id, from_staff_id, to_staff_id, by}
 CASE_NOTE_ADDED: Final = "case.note_added"  # {case_id, staff_id}
 REPLY_REQUESTED: Final = "reply.requested"  # {case_id, staff_id, command_id, messages: n}
+REPLY_RETRIED: Final = "reply.retried"  # {case_id, staff_id, command_id}: a failed reply sent again
 CASE_CLOSED: Final = "case.closed"
 # {case_id, staff_id, category, outcome, opened_at, duration_seconds, urgent, out_of_scope}
 # outcome: resolved (助言して終了) | continuing (見守り・継続) | referred (関係機関につないだ) |
@@ -105,3 +116,35 @@ REPORT_DOWNLOADED: Final = "report.downloaded"  # {month, file, staff_id}
 REPORT_BUILT: Final = "report.built"  # {month, files: [...], trigger: schedule|manual}
 REPORT_EMAILED: Final = "report.emailed"  # {month, recipients: n}
 REPORT_EMAIL_FAILED: Final = "report.email_failed"  # {month, reason, attempts}
+
+# -- dispatch: the student's chat while a counselor works (read marks, the typing animation) --
+# Neither costs anything: LINE counts no message of the month's quota for them, and no
+# reply.sent is published for them, so the report's and the broadcast page's budget never
+# counts them either.
+# A read mark (既読) LINE took: the student's messages up to message_id show 既読:
+# {user_id, case_id|None, message_id, staff_id|None (who had the conversation open),
+#  command_id, request_id|None, marked: n (messages of ours now read)}
+LINE_READ_MARKED: Final = "line.read_marked"
+# A read mark given up after its tries (harmless: the next one marks these too):
+# {user_id, case_id|None, message_id, staff_id|None, command_id, status, reason, attempts}
+LINE_READ_MARK_DROPPED: Final = "line.read_mark_dropped"
+# The loading animation ("入力中…") shown while a counselor writes:
+# {user_id, case_id|None, staff_id|None, seconds, command_id}
+LINE_LOADING_STARTED: Final = "line.loading_started"
+
+# -- honest waits, the check-in after a talk, a student in danger who leaves (issue 3-5) -------
+# triage: the check-in question sent after a counselor closed a case (purpose checkin):
+# {case_id, user_id, command_id}; one that will never be sent: {case_id, user_id, reason:
+# blocked (the student blocked the account) | wrote_again (a newer case of the student opened
+# before the quiet hours ended) | disabled; from the console at the close: emergency |
+# out_of_scope}; the student's answer, once per case (a second tap is ``line.event_ignored``):
+# {case_id, user_id, choice}. The wait notice is ``auto_reply.decided`` with purpose
+# wait_notice and {ahead, estimated_wait_seconds}.
+CHECKIN_SENT: Final = "checkin.sent"
+CHECKIN_SKIPPED: Final = "checkin.skipped"
+CHECKIN_ANSWERED: Final = "checkin.answered"
+# triage: a student blocked the account (unfollow) while a case of theirs was urgent or had an
+# open emergency: {case_id, user_id, urgent, emergency_ids: [...], case_state}
+CASE_STUDENT_LEFT: Final = "case.student_left"
+# console: who was told of it: {case_id, channel: live|email, recipients}
+CASE_STUDENT_LEFT_NOTIFIED: Final = "case.student_left_notified"

@@ -35,8 +35,7 @@ copied for each document it changes (plain mongomock lets the documents of an ``
 share a sub-document, so changing one later changed all; MongoDB never does that).
 
 This module is the only place that reaches into mongomock's internals. It applies only to
-clients made by :func:`indexed_client` (the project's ``MemoryClient``, and soudan-fakemongo in
-tools/fakemongo, which serves the same over the wire protocol); the private names it
+clients made by :func:`indexed_client` (the project's ``MemoryClient``); the private names it
 relies on are pinned by shared/tests/test_store_memory_fast.py, which compares it with plain
 mongomock on random operation sequences.
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -41,7 +42,7 @@ def use_store(app: web.Application, url: str, indexes: Iterable[IndexSpec] = ())
     specs = tuple(indexes)
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
-        store = await open_store(url)
+        store = await open_store(url, registry=app[REGISTRY])
         await store.ensure_indexes(specs)
         app[STORE] = store
         yield
@@ -65,7 +66,7 @@ def use_bus(
     async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
         bus = Bus(
             settings.rabbitmq_url.get_secret_value(),
-            topology=topology or Topology(namespace=settings.bus_namespace),
+            topology=topology or settings.topology(),
             service=service,
             publish_timeout=publish_timeout,
             metrics_registry=app[REGISTRY],
@@ -112,9 +113,42 @@ def setup_logging(settings: BaseServiceSettings, service: str) -> None:
     )
 
 
+class PortInUse(SystemExit):
+    """The port a service was told to listen on is taken: the process stops with one line."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(
+            f"cannot listen on {host}:{port}: the port is already in use "
+            "(another instance running? set a free port); stopping"
+        )
+
+
+def _is_address_in_use(exc: OSError) -> bool:
+    return exc.errno == errno.EADDRINUSE or "address already in use" in str(exc).lower()
+
+
+def _bound_socket(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything starts (so a taken port stops the process
+    before it connects to the store or the broker, and no other process can take it between
+    the check and the start)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if _is_address_in_use(exc):
+            raise PortInUse(host, port) from None
+        raise
+    return sock
+
+
 def serve(app: web.Application, port: int, *, host: str = "0.0.0.0") -> None:  # noqa: S104
-    """Run one service until SIGTERM/SIGINT, closing its resources cleanly."""
-    web.run_app(app, host=host, port=port, print=None, access_log=None, shutdown_timeout=10)
+    """Run one service until SIGTERM/SIGINT, closing its resources cleanly; a port in use
+    stops it at once with one line (:class:`PortInUse`), not a traceback."""
+    sock = _bound_socket(host, port)
+    web.run_app(app, sock=sock, print=None, access_log=None, shutdown_timeout=10)
 
 
 async def start_site(app: web.Application, port: int, host: str = "0.0.0.0") -> web.AppRunner:  # noqa: S104
@@ -122,5 +156,11 @@ async def start_site(app: web.Application, port: int, host: str = "0.0.0.0") -> 
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        if _is_address_in_use(exc):
+            raise PortInUse(host, port) from None
+        raise
     return runner

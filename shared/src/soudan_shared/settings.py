@@ -22,6 +22,9 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from soudan_shared.bus import broker_urls
+from soudan_shared.topology import LINE_EVENT_SHARDS, MAX_LINE_EVENT_SHARDS, Topology
+
 DEFAULT_LINE_API_BASE_URL = "https://api.line.me"
 
 
@@ -60,10 +63,31 @@ class BaseServiceSettings(BaseSettings):
 
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
-    rabbitmq_url: SecretStr
+    rabbitmq_url: SecretStr = Field(
+        description=(
+            "amqp://user:password@host:5672/, or the addresses of every node of a cluster "
+            "separated by commas: the bus connects to the first that answers and moves to the "
+            "next when its node goes away."
+        ),
+    )
+    rabbitmq_quorum_group_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Replicas of each quorum queue as it is declared (3 on a three-node cluster).",
+    )
     bus_namespace: str = Field(
         default="soudan",
         description="Prefix of every exchange and queue; lets tests and stacks share a broker.",
+    )
+    line_event_shards: int = Field(
+        default=LINE_EVENT_SHARDS,
+        ge=1,
+        le=MAX_LINE_EVENT_SHARDS,
+        description=(
+            "Queues the LINE events are spread over by user (ingress publishes to them, triage "
+            "consumes them): at most this many triage instances share the load. The same value "
+            "in every service."
+        ),
     )
     log_level: str = "INFO"
     log_hash_key: SecretStr = Field(
@@ -78,12 +102,27 @@ class BaseServiceSettings(BaseSettings):
         ),
     )
 
+    @field_validator("rabbitmq_url")
+    @classmethod
+    def _broker_addresses(cls, value: SecretStr) -> SecretStr:
+        broker_urls(value.get_secret_value())
+        return value
+
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _split_networks(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    def topology(self) -> Topology:
+        """The broker topology these settings describe (namespace, shard count, quorum queues'
+        replicas)."""
+        return Topology(
+            namespace=self.bus_namespace,
+            line_event_shards=self.line_event_shards,
+            quorum_group_size=self.rabbitmq_quorum_group_size,
+        )
 
     @classmethod
     def settings_customise_sources(

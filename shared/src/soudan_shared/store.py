@@ -8,6 +8,13 @@ start-up; :meth:`Store.close` closes the client on shutdown.
 the operations the project uses; store code keeps to what mongomock and a real MongoDB agree on.
 Its collections answer equality lookups on ``_id`` and on the first field of each created index
 from hash indexes instead of scanning (:mod:`soudan_shared.memory_index`), with the same results.
+
+Write concern: every service writes with ``w="majority"`` and ``journal=True`` unless
+``MONGODB_URL`` names its own (``?w=…&journal=…``). A service acknowledges a broker message (a
+student's event, a command) only after its store writes returned, so a write acknowledged by the
+server must survive the server's crash (journaled) and, on a replica set, a primary's loss
+(majority). No collection is exempt: each holds either what a student sent, what was sent to a
+student, or the facts the monthly report is built from (docs/STORE.md).
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ from urllib.parse import urlsplit
 
 import mongomock.collection
 import structlog
-from pymongo import AsyncMongoClient
+from prometheus_client import CollectorRegistry, Counter
+from pymongo import AsyncMongoClient, monitoring
 from pymongo.errors import OperationFailure
+from pymongo.uri_parser import parse_uri
 
 from soudan_shared.memory_index import cursor_documents, indexed_client, indexed_collection
 
@@ -77,10 +86,38 @@ def database_name(url: str) -> str:
     return path or DEFAULT_DATABASE
 
 
+class CommandCounter(monitoring.CommandListener):
+    """Counts the commands a client sends to the server, by name, as
+    ``soudan_store_commands_total{command}``: the store round trips a service makes."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.commands = Counter(
+            "soudan_store_commands",
+            "Commands sent to the store (round trips), by command",
+            ["command"],
+            registry=registry,
+        )
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.commands.labels(event.command_name).inc()
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
 async def open_store(
-    url: str, *, database: str | None = None, server_selection_timeout_ms: int = 5000
+    url: str,
+    *,
+    database: str | None = None,
+    server_selection_timeout_ms: int = 5000,
+    registry: CollectorRegistry | None = None,
 ) -> Store:
-    """Open the store for ``url`` in the running loop; ``memory://`` gives the in-process fake."""
+    """Open the store for ``url`` in the running loop; ``memory://`` gives the in-process fake.
+    With ``registry``, a real server's client counts its commands there
+    (:class:`CommandCounter`)."""
     name = database or database_name(url)
     if is_memory_url(url):
         if MemoryClient._instance is None:
@@ -91,9 +128,24 @@ async def open_store(
             )
         return Store(MemoryClient.shared(), name, kind="memory")
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        url, tz_aware=True, serverSelectionTimeoutMS=server_selection_timeout_ms
+        url,
+        tz_aware=True,
+        serverSelectionTimeoutMS=server_selection_timeout_ms,
+        event_listeners=[CommandCounter(registry)] if registry is not None else [],
+        **durable_write_concern(url),
     )
     return Store(client, name, kind="mongodb")
+
+
+def durable_write_concern(url: str) -> dict[str, Any]:
+    """``w="majority"`` and ``journal=True``, each unless the URL sets it."""
+    options = parse_uri(url)["options"]
+    concern: dict[str, Any] = {}
+    if "w" not in options:
+        concern["w"] = "majority"
+    if "journal" not in options:
+        concern["journal"] = True
+    return concern
 
 
 # -- the in-process fake ----------------------------------------------------------------------

@@ -5,9 +5,12 @@ dead-letter queue. Everything RabbitMQ 3.10 and 4.x disagree on is declared expl
 type, delivery limit, dead-letter exchange and strategy), so the same topology behaves the same
 on Debian's 3.10 in CI and the 4.x image in Compose.
 
-Per-user order: LINE events are spread over ``LINE_EVENT_SHARDS`` queues by a stable hash of the
-user id, and each shard queue has a single active consumer, so one user's events are always
-consumed by one process in the order they were published.
+Per-user order: LINE events are spread over ``line_event_shards`` queues (the setting
+``LINE_EVENT_SHARDS``, default 4) by a stable hash of the user id, and each shard queue has a
+single active consumer, so one user's events are always consumed by one process in the order they
+were published. Further triage instances on the same queues are hot standbys: the broker hands a
+shard to one of them when its active consumer goes away. Every service must use the same shard
+count: ingress routes by it, triage consumes that many queues.
 """
 
 from __future__ import annotations
@@ -16,9 +19,18 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from soudan_shared.contracts import Fact, LineEventReceived, Message, SendText, StartBroadcast
+from soudan_shared.contracts import (
+    Fact,
+    LineEventReceived,
+    MarkRead,
+    Message,
+    SendText,
+    StartBroadcast,
+    StartLoading,
+)
 
 LINE_EVENT_SHARDS = 4
+MAX_LINE_EVENT_SHARDS = 64
 DEFAULT_DELIVERY_LIMIT = 10
 
 
@@ -36,7 +48,16 @@ class Topology:
     namespace: str = "soudan"
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT
     line_event_shards: int = LINE_EVENT_SHARDS
+    # Replicas of each quorum queue (``x-quorum-initial-group-size``); None: the broker's choice.
+    # RabbitMQ checks it on every declaration: a queue declared with another value (or none)
+    # refuses the declaration (PRECONDITION_FAILED), as any other mismatch here does.
+    quorum_group_size: int | None = None
     extra_queues: tuple[QueueSpec, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.line_event_shards <= MAX_LINE_EVENT_SHARDS:
+            shards, most = self.line_event_shards, MAX_LINE_EVENT_SHARDS
+            raise ValueError(f"line_event_shards must be 1..{most}, not {shards}")
 
     @property
     def exchange(self) -> str:
@@ -67,12 +88,14 @@ class Topology:
             QueueSpec(SEND_TEXT_QUEUE, ("command.send_text",), single_active_consumer=False),
             QueueSpec(BROADCAST_QUEUE, ("command.start_broadcast",)),
             QueueSpec(FACTS_QUEUE, ("fact.#",)),
+            QueueSpec(MARK_READ_QUEUE, ("command.mark_read",)),
+            QueueSpec(LOADING_QUEUE, ("command.start_loading",)),
             *self.extra_queues,
         )
 
     def queue_arguments(self, spec: QueueSpec) -> dict[str, Any]:
         return {
-            "x-queue-type": "quorum",
+            **self._quorum(),
             "x-delivery-limit": self.delivery_limit,
             "x-dead-letter-exchange": self.dead_letter_exchange,
             "x-dead-letter-routing-key": self.queue(spec.name),
@@ -81,9 +104,14 @@ class Topology:
             "x-single-active-consumer": spec.single_active_consumer,
         }
 
-    @staticmethod
-    def dead_letter_queue_arguments() -> dict[str, Any]:
-        return {"x-queue-type": "quorum"}
+    def dead_letter_queue_arguments(self) -> dict[str, Any]:
+        return self._quorum()
+
+    def _quorum(self) -> dict[str, Any]:
+        arguments: dict[str, Any] = {"x-queue-type": "quorum"}
+        if self.quorum_group_size is not None:
+            arguments["x-quorum-initial-group-size"] = self.quorum_group_size
+        return arguments
 
     def routing_key(self, message: Message) -> str:
         """Where a message goes. Unknown message classes are a programming error."""
@@ -95,6 +123,10 @@ class Topology:
             return "command.start_broadcast"
         if isinstance(message, Fact):
             return f"fact.{message.type}"
+        if isinstance(message, MarkRead):
+            return "command.mark_read"
+        if isinstance(message, StartLoading):
+            return "command.start_loading"
         raise TypeError(f"no route for {type(message).__name__}")
 
     def shard(self, key: str) -> int:
@@ -109,6 +141,11 @@ def line_event_queue(shard: int) -> str:
 SEND_TEXT_QUEUE = "dispatch.send-text"
 BROADCAST_QUEUE = "dispatch.broadcasts"
 FACTS_QUEUE = "reporting.facts"
+# The student's chat while a counselor works (dispatch, one user's commands in order): read
+# marks (既読) and the loading animation ("入力中…"). Their own queues, so neither ever waits
+# behind a burst of texts or broadcasts, nor holds one up.
+MARK_READ_QUEUE = "dispatch.mark-read"
+LOADING_QUEUE = "dispatch.loading"
 
 
 def ordering_key(message: LineEventReceived) -> str:

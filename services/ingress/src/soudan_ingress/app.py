@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 
 import structlog
 from aiohttp import ClientPayloadError, hdrs, web
@@ -62,7 +63,9 @@ class Webhook:
         stats: WebhookStats,
         metrics: IngressMetrics,
         confirm_timeout: float,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        self._clock = clock
         self._secret = secret
         self._bus = bus
         self._background = background
@@ -105,7 +108,7 @@ class Webhook:
             self._signature_rejected(request, "mismatch")
             return _refuse(401, f"{SIGNATURE_HEADER} does not match"), 0
         try:
-            messages = parse_webhook(body, received_at=utcnow())
+            messages = parse_webhook(body, received_at=self._clock())
         except InvalidWebhook as exc:
             log.warning("webhook_refused", reason=exc.reason)
             return _refuse(400, exc.reason), 0
@@ -157,7 +160,10 @@ WEBHOOK: web.AppKey[Webhook] = web.AppKey("webhook", Webhook)
 BACKGROUND: web.AppKey[BackgroundFacts] = web.AppKey("background_facts", BackgroundFacts)
 
 
-def create_app(settings: IngressSettings) -> web.Application:
+def create_app(
+    settings: IngressSettings, *, clock: Callable[[], datetime] = utcnow
+) -> web.Application:
+    """Ingress; ``clock`` (tests) stamps when each event was received."""
     app = create_base_app(
         SERVICE, client_max_size=MAX_BODY_BYTES, trusted_proxies=settings.trusted_proxies
     )
@@ -181,6 +187,7 @@ def create_app(settings: IngressSettings) -> web.Application:
             stats=stats,
             metrics=metrics,
             confirm_timeout=settings.ingress_confirm_timeout,
+            clock=clock,
         )
         app[BACKGROUND] = background
         background.start()

@@ -1,6 +1,6 @@
 """The month's figures, computed in MongoDB from ``events`` alone.
 
-Three aggregations, each one pass over the facts it needs:
+Four aggregations, each one pass over the facts it needs:
 
 - **month**: the facts filed under the month (``jst.month``, stored by the recorder), grouped
   once by type and the few fields each type is counted by (:data:`_DIMENSIONS`); every table is
@@ -9,6 +9,8 @@ Three aggregations, each one pass over the facts it needs:
   claim, close, urgent flag), and a case opened late on the last day may be answered in the next
   month; so the follow-up facts of the month and the :data:`FOLLOW_UP_DAYS` after it are grouped
   by ``case_id`` and the differences taken per case.
+- **scope**: a case's school type (and so 対象外) can change after it opens, when the student
+  answers the question later; the answers of the month and after are matched to each case.
 - **state**: what holds at month end whatever month it began in (who is registered, each staff
   member's password age and second factor, the LINE token), from every fact before the end.
 
@@ -27,6 +29,7 @@ from typing import Any
 from soudan_shared import fact_types as ft
 
 from soudan_reporting.figures import (
+    COUNSELOR_REPLY,
     NO_SCHOOL_TYPE,
     PERCENTILES,
     AuditRow,
@@ -38,11 +41,11 @@ from soudan_reporting.figures import (
     TokenState,
     bucket_bound,
     per_bucket,
+    send_kind,
 )
 from soudan_reporting.month import Month
 
 FOLLOW_UP_DAYS = 31
-COUNSELOR_REPLY = "counselor_reply"
 DAY_MS = 86_400_000
 
 # The LINE channel token: rotated by hand (line_token_rotated) or issued and revoked by dispatch
@@ -55,7 +58,8 @@ async def compute_figures(events: Any, month: Month) -> Figures:
     monthly = await _single(events, month_pipeline(month))
     cases = await _single(events, case_pipeline(month))
     state = await _single(events, state_pipeline(month))
-    return _figures(month, monthly, cases, state)
+    scope = await _single(events, scope_pipeline(month))
+    return _figures(month, monthly, cases, state, scope)
 
 
 async def _single(events: Any, pipeline: list[dict[str, Any]]) -> dict[str, Any]:
@@ -103,9 +107,7 @@ _DIMENSIONS: dict[str, dict[str, str]] = {
         "day": "$jst.day",
         "weekday": "$jst.weekday",
         "hour": "$jst.hour",
-        "school": "$data.school_type",
         "in_hours": "$data.in_hours",
-        "out_of_scope": "$data.out_of_scope",
         "urgent": "$data.urgent",
     },
     ft.LINE_FOLLOWED: {"unblocked": "$data.unblocked"},
@@ -113,6 +115,7 @@ _DIMENSIONS: dict[str, dict[str, str]] = {
     ft.CASE_CLOSED: {"category": "$data.category", "staff": "$data.staff_id"},
     ft.REPLY_SENT: {"purpose": "$data.purpose", "method": "$data.method", "note": "$data.note"},
     ft.REPLY_FAILED: {"purpose": "$data.purpose"},
+    ft.LINE_QUOTA_READ: {"at": "$at", "limit": "$data.limit", "used": "$data.used"},
     # one row per flag (few): the first flag of a case decides "out of hours"
     ft.CASE_FLAGGED_URGENT: {
         "id": "$_id",
@@ -120,8 +123,11 @@ _DIMENSIONS: dict[str, dict[str, str]] = {
         "case": "$data.case_id",
         "in_hours": "$data.in_hours",
         "keywords": "$data.keywords",
+        "risks": "$data.risks",
     },
     ft.EMERGENCY_RAISED: {"type": "$data.type"},
+    ft.CHECKIN_ANSWERED: {"choice": "$data.choice"},
+    ft.CHECKIN_SKIPPED: {"reason": "$data.reason"},
     ft.EMERGENCY_CONTACT: {"agency": "$data.agency", "result": "$data.result"},
     ft.BROADCAST_STARTED: {
         "broadcast": "$data.broadcast_id",
@@ -214,7 +220,6 @@ def month_pipeline(month: Month) -> list[dict[str, Any]]:
                     "_id": None,
                     "n": {"$sum": "$n"},
                     "in_hours": {"$sum": _when({"$eq": [f"{k}.in_hours", True]}, "$n", 0)},
-                    "out_of_scope": {"$sum": _when({"$eq": [f"{k}.out_of_scope", True]}, "$n", 0)},
                     "urgent": {"$sum": _when({"$eq": [f"{k}.urgent", True]}, "$n", 0)},
                 }
             },
@@ -222,8 +227,9 @@ def month_pipeline(month: Month) -> list[dict[str, Any]]:
         "by_day": _sum_by(opened, f"{k}.day"),
         "by_weekday": _sum_by(opened, f"{k}.weekday"),
         "by_hour": _sum_by(opened, f"{k}.hour"),
-        "by_school": _sum_by(opened, f"{k}.school"),
         "by_category": _sum_by(ft.CASE_CLOSED, f"{k}.category"),
+        "checkin_answers": _sum_by(ft.CHECKIN_ANSWERED, f"{k}.choice"),
+        "checkin_skipped": _sum_by(ft.CHECKIN_SKIPPED, f"{k}.reason"),
         "replies": [
             _rows(ft.REPLY_SENT),
             {
@@ -235,6 +241,7 @@ def month_pipeline(month: Month) -> list[dict[str, Any]]:
             },
         ],
         "reply_failures": _sum_by(ft.REPLY_FAILED, f"{k}.purpose"),
+        "quota": [_rows(ft.LINE_QUOTA_READ), {"$sort": {f"{k[1:]}.at": -1}}, {"$limit": 1}],
         # 緊急性の高い相談
         "flagged": [
             _rows(ft.CASE_FLAGGED_URGENT),
@@ -248,12 +255,8 @@ def month_pipeline(month: Month) -> list[dict[str, Any]]:
                 }
             },
         ],
-        "keywords": [
-            _rows(ft.CASE_FLAGGED_URGENT),
-            {"$unwind": "$_id.k.keywords"},
-            {"$group": {"_id": {"w": f"{k}.keywords", "c": f"{k}.case"}}},
-            {"$group": {"_id": "$_id.w", "n": {"$sum": 1}}},
-        ],
+        "keywords": _distinct_cases_by(ft.CASE_FLAGGED_URGENT, "keywords"),
+        "risks": _distinct_cases_by(ft.CASE_FLAGGED_URGENT, "risks"),
         "emergency_types": _sum_by(ft.EMERGENCY_RAISED, f"{k}.type"),
         "contacts": _sum_by(ft.EMERGENCY_CONTACT, f"{k}.agency"),
         "contact_results": _sum_by(ft.EMERGENCY_CONTACT, f"{k}.result"),
@@ -327,13 +330,20 @@ def month_pipeline(month: Month) -> list[dict[str, Any]]:
                     "kv": {"$objectToArray": {"$ifNull": [f"{k}.buckets", {}]}},
                 }
             },
+            # A summary's bucket total by an accumulator over one bucket at a time: the
+            # expression {"$sum": "$kv.v"} over the array of buckets is 0 on SecantusDB 0.7.0b3
+            # and {"$sum": {"$map": …}} is 0 on mongomock; see docs/STORE.md.
+            {"$unwind": "$kv"},
             {
-                "$project": {
-                    "n": 1,
-                    "kv": 1,
-                    "cumulative": {"$gt": [{"$sum": "$kv.v"}, "$requests"]},
+                "$group": {
+                    "_id": "$_id",
+                    "n": {"$first": "$n"},
+                    "requests": {"$first": "$requests"},
+                    "total": {"$sum": "$kv.v"},
+                    "kv": {"$push": "$kv"},
                 }
             },
+            {"$project": {"n": 1, "kv": 1, "cumulative": {"$gt": ["$total", "$requests"]}}},
             {"$unwind": "$kv"},
             {
                 "$group": {
@@ -434,6 +444,110 @@ def case_pipeline(month: Month) -> list[dict[str, Any]]:
                     },
                     *_percentiles({"$subtract": ["$reply", "$flagged"]}),
                 ],
+            }
+        },
+    ]
+
+
+# -- each case's school type, as the console shows it -----------------------------------------
+
+
+def scope_pipeline(month: Month) -> list[dict[str, Any]]:
+    """The school type and 対象外 of each case opened in the month, as the console shows them.
+
+    A case takes the user's answer at its opening (``case.opened``), and triage updates the open
+    case with every later answer (``user.school_type_set``, which names the user, not the case)
+    until it is closed; so the last answer between the opening and the close (or the end of the
+    follow-up window) decides, else the opening's.
+    """
+    window = {"$gte": month.start, "$lt": month.end + timedelta(days=FOLLOW_UP_DAYS)}
+    opened = _is(ft.CASE_OPENED)
+    answer = _is(ft.SCHOOL_TYPE_SET)
+    answers_in_case = {
+        "$filter": {
+            "input": "$answers",
+            "as": "a",
+            "cond": {
+                "$and": [
+                    {"$ne": ["$$a", None]},
+                    {"$gte": ["$$a.at", "$cases.opened"]},
+                    {"$lte": ["$$a.at", {"$ifNull": ["$cases.closed", window["$lt"]]}]},
+                ]
+            },
+        }
+    }
+    return [
+        {
+            "$match": {
+                "$or": [
+                    {"type": ft.CASE_OPENED, "jst.month": str(month)},
+                    {"type": {"$in": [ft.CASE_CLOSED, ft.SCHOOL_TYPE_SET]}, "at": window},
+                ]
+            }
+        },
+        {"$sort": {"at": 1, "_id": 1}},
+        # one row per case (its opening and close), one per answer
+        {
+            "$group": {
+                "_id": _when(answer, {"a": "$_id"}, {"c": "$data.case_id"}),
+                "user": {"$max": "$data.user_id"},
+                "opened": {"$min": _when(opened, "$at")},
+                "closed": {"$min": _when(_is(ft.CASE_CLOSED), "$at")},
+                "school": {"$max": _when(opened, "$data.school_type")},
+                "out_of_scope": {"$max": _when(opened, "$data.out_of_scope")},
+                "answer": {
+                    "$max": _when(
+                        answer,
+                        {"at": "$at", "school": "$data.school_type", "eligible": "$data.eligible"},
+                    )
+                },
+            }
+        },
+        {"$match": {"$or": [{"opened": {"$ne": None}}, {"answer": {"$ne": None}}]}},
+        {"$sort": {"answer.at": 1, "_id": 1}},
+        {
+            "$group": {
+                "_id": "$user",
+                "cases": {
+                    "$push": _when(
+                        {"$ne": ["$opened", None]},
+                        {
+                            "opened": "$opened",
+                            "closed": "$closed",
+                            "school": "$school",
+                            "out_of_scope": "$out_of_scope",
+                        },
+                    )
+                },
+                "answers": {"$push": "$answer"},
+            }
+        },
+        {"$unwind": "$cases"},
+        {"$match": {"cases": {"$ne": None}}},
+        {"$project": {"case": "$cases", "answers": answers_in_case}},
+        {
+            "$project": {
+                "last": {"$arrayElemAt": ["$answers", -1]},
+                "has_answer": {"$gt": [{"$size": "$answers"}, 0]},
+                "case": 1,
+            }
+        },
+        {
+            "$project": {
+                "school": _when("$has_answer", "$last.school", "$case.school"),
+                "out_of_scope": _when(
+                    "$has_answer",
+                    {"$eq": ["$last.eligible", False]},
+                    {"$eq": ["$case.out_of_scope", True]},
+                ),
+            }
+        },
+        {
+            "$facet": {
+                "out_of_scope": [
+                    {"$group": {"_id": None, "n": {"$sum": _when("$out_of_scope", 1, 0)}}}
+                ],
+                "by_school": [{"$group": {"_id": "$school", "n": {"$sum": 1}}}],
             }
         },
     ]
@@ -585,6 +699,17 @@ def _key(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _distinct_cases_by(fact_type: str, name: str) -> list[dict[str, Any]]:
+    """Per value of the list ``name`` of the facts, the distinct cases it came with."""
+    k = "$_id.k"
+    return [
+        _rows(fact_type),
+        {"$unwind": f"{k}.{name}"},
+        {"$group": {"_id": {"w": f"{k}.{name}", "c": f"{k}.case"}}},
+        {"$group": {"_id": "$_id.w", "n": {"$sum": 1}}},
+    ]
+
+
 def _counts(rows: list[dict[str, Any]] | None, field: str = "n") -> dict[str, int]:
     out: dict[str, int] = {}
     for row in rows or ():
@@ -607,7 +732,11 @@ def _durations(rows: list[dict[str, Any]] | None) -> Durations:
 
 
 def _figures(
-    month: Month, monthly: dict[str, Any], cases: dict[str, Any], state: dict[str, Any]
+    month: Month,
+    monthly: dict[str, Any],
+    cases: dict[str, Any],
+    state: dict[str, Any],
+    scope: dict[str, Any],
 ) -> Figures:
     types = _counts(monthly.get("types"))
     opened = _first(monthly.get("opened"))
@@ -615,6 +744,8 @@ def _figures(
 
     replies_by_purpose: dict[str, int] = {}
     sends_by_method: dict[str, int] = {}
+    pushes: dict[str, int] = {}
+    free: dict[str, int] = {}
     out_counselor = out_auto = 0
     for row in monthly.get("replies") or ():
         if not row.get("n"):
@@ -623,10 +754,14 @@ def _figures(
         method = _key(row["_id"].get("method"))
         replies_by_purpose[purpose] = replies_by_purpose.get(purpose, 0) + row["n"]
         sends_by_method[method] = sends_by_method.get(method, 0) + row["n"]
+        kind = send_kind(purpose)
+        by_kind = free if method == "reply" else pushes
+        by_kind[kind] = by_kind.get(kind, 0) + row["n"]
         if purpose == COUNSELOR_REPLY:
             out_counselor += row["messages"]
         else:
             out_auto += row["messages"]
+    quota = _first(monthly.get("quota")).get("_id", {}).get("k", {})
 
     flagged = _first(monthly.get("flagged"))
     retention = _first(monthly.get("retention"))
@@ -681,12 +816,12 @@ def _figures(
         school_answers=_counts(monthly.get("school_answers")),
         cases_opened=int(opened.get("n") or 0),
         cases_in_hours=int(opened.get("in_hours") or 0),
-        cases_out_of_scope=int(opened.get("out_of_scope") or 0),
+        cases_out_of_scope=int(_first(scope.get("out_of_scope")).get("n") or 0),
         cases_urgent_at_open=int(opened.get("urgent") or 0),
         opened_by_day=_counts(monthly.get("by_day")),
         opened_by_weekday={int(k): n for k, n in _counts(monthly.get("by_weekday")).items()},
         opened_by_hour={int(k): n for k, n in _counts(monthly.get("by_hour")).items()},
-        opened_by_school=_counts(monthly.get("by_school")),
+        opened_by_school=_counts(scope.get("by_school")),
         cases_closed=types.get(ft.CASE_CLOSED, 0),
         closed_by_category=_counts(monthly.get("by_category")),
         messages_in=types.get(ft.MESSAGE_RECEIVED, 0),
@@ -698,9 +833,13 @@ def _figures(
         first_reply_urgent=_durations(cases.get("first_reply_urgent")),
         waiting=_durations(cases.get("waiting")),
         length=_durations(cases.get("length")),
+        checkin_sent=types.get(ft.CHECKIN_SENT, 0),
+        checkin_answers=_counts(monthly.get("checkin_answers")),
+        checkin_skipped=_counts(monthly.get("checkin_skipped")),
         urgent_cases=int(flagged.get("n") or 0),
         urgent_out_of_hours=int(flagged.get("out_of_hours") or 0),
         urgent_by_keyword=_counts(monthly.get("keywords")),
+        urgent_by_risk=_counts(monthly.get("risks")),
         flag_to_reply=_durations(cases.get("flag_to_reply")),
         emergencies_by_type=_counts(monthly.get("emergency_types")),
         emergency_contacts=_counts(monthly.get("contacts")),
@@ -724,6 +863,10 @@ def _figures(
         ),
         broadcast_recipients=int(_first(monthly.get("chunks")).get("n") or 0),
         broadcasts_refused=types.get(ft.BROADCAST_REFUSED, 0),
+        pushes_by_kind=pushes,
+        free_replies_by_kind=free,
+        quota_limit=quota.get("limit"),
+        quota_used=quota.get("used"),
         signature_rejected=_counts(monthly.get("signature")),
         logins=types.get(ft.LOGIN_SUCCEEDED, 0),
         logins_second_factor=_counts(monthly.get("logins")).get("True", 0),

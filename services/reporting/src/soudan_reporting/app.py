@@ -16,7 +16,7 @@ from soudan_shared.runtime import STORE, use_bus, use_store
 from soudan_shared.topology import FACTS_QUEUE
 
 from soudan_reporting.jobs import ReportSchedule
-from soudan_reporting.recorder import EVENTS, INDEXES, record_fact
+from soudan_reporting.recorder import EVENTS, INDEXES, FactRecorder
 from soudan_reporting.settings import ReportingSettings
 
 SERVICE = "reporting"
@@ -32,8 +32,10 @@ def create_app(
     use_store(app, settings.mongodb_url.get_secret_value(), INDEXES)
 
     def consumers(app: web.Application, bus: Bus) -> None:
+        recorder = FactRecorder(app[STORE].db[EVENTS])
+
         async def on_fact(fact: Fact) -> None:
-            if not await record_fact(app[STORE].db[EVENTS], fact):
+            if not await recorder.record(fact):
                 log.info("fact_already_recorded", fact_type=fact.type)
 
         bus.consume(FACTS_QUEUE, Fact, on_fact, prefetch=64)

@@ -16,6 +16,7 @@ in :mod:`soudan_reporting.aggregate`: a test compares the two whole.
 from __future__ import annotations
 
 import random
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from soudan_reporting.figures import (
     TokenState,
     bucket_bound,
     per_bucket,
+    send_kind,
 )
 from soudan_reporting.month import Month
 from soudan_reporting.recorder import TOKYO, event_document
@@ -52,6 +54,7 @@ SCHOOL_TYPES = (
     ("sapporo_city", False),
     ("other", False),
 )
+CHECKIN_CHOICES = ("good", "neutral", "bad")  # the shipped messages.yaml's check-in keys
 CATEGORIES = (
     "bullying",
     "non_attendance",
@@ -63,6 +66,9 @@ CATEGORIES = (
     "other",
 )
 KEYWORDS = ("死に", "消えたい", "いじめ", "虐待", "リスカ", "助け", "暴力", "しにたい")
+# a flag with one keyword also carries a risk category read beside it (no extra draw: the
+# generated month stays the same for a seed)
+KEYWORD_RISK = {"死に": "自殺念慮", "消えたい": "自殺念慮", "リスカ": "自傷", "虐待": "暴力・虐待"}
 EMERGENCY_TYPES = ("suicide_notice", "child_abuse", "crime_victim", "other")
 AGENCIES = (
     "児童相談所（相談者の住所を管轄する所）",
@@ -355,10 +361,12 @@ class MonthGenerator:
         if urgent or rng.random() < 0.05:
             flagged_at = opened_at if urgent else self._later(opened_at, 30, 1_800)
             keywords = rng.sample(KEYWORDS, rng.randint(1, 2))
+            risk = KEYWORD_RISK.get(keywords[0]) if len(keywords) == 1 else None
+            risks = [risk] if risk else []
             yield self._fact(
                 ft.CASE_FLAGGED_URGENT,
                 flagged_at,
-                {**base, "keywords": keywords, "in_hours": in_hours},
+                {**base, "keywords": keywords, "risks": risks, "in_hours": in_hours},
                 "triage",
             )
             if rng.random() < 0.3:  # a second urgent message repeats a keyword, maybe later
@@ -366,7 +374,12 @@ class MonthGenerator:
                 yield self._fact(
                     ft.CASE_FLAGGED_URGENT,
                     again,
-                    {**base, "keywords": keywords[:1], "in_hours": _in_hours(again)},
+                    {
+                        **base,
+                        "keywords": keywords[:1],
+                        "risks": risks,
+                        "in_hours": _in_hours(again),
+                    },
                     "triage",
                 )
         if rng.random() < 0.04:
@@ -452,7 +465,9 @@ class MonthGenerator:
                 },
                 "dispatch",
             )
-        if flagged_at is not None and rng.random() < 0.5:
+        emergency = flagged_at is not None and rng.random() < 0.5
+        if emergency:
+            assert flagged_at is not None
             yield from self._emergency(case_id, flagged_at, staff_id)
         if rng.random() < 0.9:
             closed_at = self._later(at, 60, 1_800)
@@ -467,10 +482,30 @@ class MonthGenerator:
                     "opened_at": opened_at.isoformat(),
                     "duration_seconds": (closed_at - opened_at).total_seconds(),
                     "urgent": flagged_at is not None,
-                    "out_of_scope": eligible is False,
+                    # the case's state at the close: an answer since the opening changed it
+                    "out_of_scope": user.school_at_time(closed_at)[1] is False,
                 },
                 "console",
             )
+            yield from self._checkin(case_id, closed_at, base, emergency=emergency)
+
+    def _checkin(
+        self, case_id: str, closed_at: datetime, base: dict[str, Any], *, emergency: bool
+    ) -> Iterator[Fact]:
+        """The check-in after the close: skipped after an emergency, else sent and answered
+        (or not). Chosen from the case id, not the generator's random numbers, so the rest of
+        the generated month stays what it was."""
+        if emergency:
+            data = {**base, "reason": "emergency"}
+            yield self._fact(ft.CHECKIN_SKIPPED, closed_at, data, "console")
+            return
+        digest = zlib.crc32(case_id.encode())
+        sent_at = _ms(closed_at + timedelta(seconds=1 + digest % 30))
+        yield self._fact(ft.CHECKIN_SENT, sent_at, {**base, "command_id": case_id}, "triage")
+        choice = (*CHECKIN_CHOICES, None)[digest % 4]
+        if choice is not None:
+            answered_at = sent_at + timedelta(minutes=digest % 600)
+            yield self._fact(ft.CHECKIN_ANSWERED, answered_at, {**base, "choice": choice}, "triage")
 
     def _reply(self, purpose: str, at: datetime, base: dict[str, Any]) -> Fact:
         return self._fact(
@@ -571,6 +606,17 @@ class MonthGenerator:
                     "recipients": sent - failures,
                     "failures": failures,
                 },
+                "dispatch",
+            )
+        # dispatch's readings of the month's quota (one still in the month before)
+        used = 0
+        for day, moment in ((-1, 80_000), (3, 1_000), (12, 50_000), (25, 70_000)):
+            used = used + self.rng.randint(100, 900) if day >= 0 else 4_321
+            at = month.start - timedelta(hours=1) if day < 0 else self._instant(day, moment)
+            yield self._fact(
+                ft.LINE_QUOTA_READ,
+                at,
+                {"limit": 5_000, "used": used, "remaining": 5_000 - used, "reserve": 500},
                 "dispatch",
             )
         yield self._fact(
@@ -791,19 +837,44 @@ def reference_figures(facts: Iterable[Fact], month: Month) -> Figures:
 
     # 相談件数
     opened = by_type[ft.CASE_OPENED]
+    # a case's school type as the console shows it: triage updates a user's open case with
+    # every answer until the case is closed (generated users may have several open at once)
+    case_school: dict[Any, tuple[Any, bool]] = {}
+    open_cases: dict[Any, set[Any]] = defaultdict(set)
+    case_ids = {f.data.get("case_id") for f in opened}
+    for f in ordered:
+        if f.at >= horizon:
+            break
+        case_id = f.data.get("case_id")
+        user = f.data.get("user_id")
+        if f.type == ft.CASE_OPENED and case_id in case_ids and in_month(f):
+            case_school[case_id] = (f.data.get("school_type"), f.data.get("out_of_scope") is True)
+            open_cases[user].add(case_id)
+        elif f.type == ft.SCHOOL_TYPE_SET:
+            for current in open_cases.get(user, ()):
+                case_school[current] = (f.data.get("school_type"), f.data.get("eligible") is False)
+        elif f.type == ft.CASE_CLOSED:
+            for cases in open_cases.values():
+                cases.discard(case_id)
     replies: Counter[str] = Counter()
     methods: Counter[str] = Counter()
+    pushes: Counter[str] = Counter()
+    free: Counter[str] = Counter()
     out_counselor = out_auto = 0
     for f in by_type[ft.REPLY_SENT]:
         purpose = _k(f.data.get("purpose"))
         replies[purpose] += 1
         methods[_k(f.data.get("method"))] += 1
+        (free if f.data.get("method") == "reply" else pushes)[send_kind(purpose)] += 1
         messages = f.data.get("messages")
         messages = 1 if messages is None else messages
         if purpose == COUNSELOR_REPLY:
             out_counselor += messages
         else:
             out_auto += messages
+
+    readings = by_type[ft.LINE_QUOTA_READ]
+    quota = max(readings, key=lambda f: f.at) if readings else None
 
     cases: dict[Any, dict[str, Any]] = defaultdict(dict)
     for f in ordered:
@@ -845,10 +916,13 @@ def reference_figures(facts: Iterable[Fact], month: Month) -> Figures:
     # 緊急性の高い相談
     first_flag: dict[Any, Fact] = {}
     keyword_cases: set[tuple[str, Any]] = set()
+    risk_cases: set[tuple[str, Any]] = set()
     for f in by_type[ft.CASE_FLAGGED_URGENT]:
         first_flag.setdefault(f.data.get("case_id"), f)
         for keyword in f.data.get("keywords") or ():
             keyword_cases.add((keyword, f.data.get("case_id")))
+        for category in f.data.get("risks") or ():
+            risk_cases.add((category, f.data.get("case_id")))
 
     # 自動応答・一斉送信
     broadcasts: dict[str, dict[str, Any]] = {}
@@ -994,12 +1068,12 @@ def reference_figures(facts: Iterable[Fact], month: Month) -> Figures:
         school_answers=count(ft.SCHOOL_TYPE_SET, "school_type"),
         cases_opened=len(opened),
         cases_in_hours=sum(f.data.get("in_hours") is True for f in opened),
-        cases_out_of_scope=sum(f.data.get("out_of_scope") is True for f in opened),
+        cases_out_of_scope=sum(scope for _, scope in case_school.values()),
         cases_urgent_at_open=sum(f.data.get("urgent") is True for f in opened),
         opened_by_day=dict(Counter(local(f).strftime("%Y-%m-%d") for f in opened)),
         opened_by_weekday=dict(Counter(local(f).isoweekday() for f in opened)),
         opened_by_hour=dict(Counter(local(f).hour for f in opened)),
-        opened_by_school=count(ft.CASE_OPENED, "school_type"),
+        opened_by_school=dict(Counter(_k(school) for school, _ in case_school.values())),
         cases_closed=len(by_type[ft.CASE_CLOSED]),
         closed_by_category=count(ft.CASE_CLOSED, "category"),
         messages_in=len(by_type[ft.MESSAGE_RECEIVED]),
@@ -1023,9 +1097,13 @@ def reference_figures(facts: Iterable[Fact], month: Month) -> Figures:
         length=Durations.of_ms(
             [ms(c["closed"], c["opened"]) for c in month_cases if "closed" in c]
         ),
+        checkin_sent=len(by_type[ft.CHECKIN_SENT]),
+        checkin_answers=count(ft.CHECKIN_ANSWERED, "choice"),
+        checkin_skipped=count(ft.CHECKIN_SKIPPED, "reason"),
         urgent_cases=len(first_flag),
         urgent_out_of_hours=sum(f.data.get("in_hours") is False for f in first_flag.values()),
         urgent_by_keyword=dict(Counter(k for k, _ in keyword_cases)),
+        urgent_by_risk=dict(Counter(c for c, _ in risk_cases)),
         flag_to_reply=Durations.of_ms(flag_to_reply),
         emergencies_by_type=count(ft.EMERGENCY_RAISED, "type"),
         emergency_contacts=count(ft.EMERGENCY_CONTACT, "agency"),
@@ -1051,6 +1129,10 @@ def reference_figures(facts: Iterable[Fact], month: Month) -> Figures:
             f.data.get("recipients") or 0 for f in by_type[ft.BROADCAST_CHUNK_SENT]
         ),
         broadcasts_refused=len(by_type[ft.BROADCAST_REFUSED]),
+        pushes_by_kind=dict(pushes),
+        free_replies_by_kind=dict(free),
+        quota_limit=quota.data.get("limit") if quota else None,
+        quota_used=quota.data.get("used") if quota else None,
         signature_rejected=count(ft.SIGNATURE_REJECTED, "reason"),
         logins=len(by_type[ft.LOGIN_SUCCEEDED]),
         logins_second_factor=sum(

@@ -16,6 +16,13 @@ from datetime import datetime
 
 PERCENTILES = (50, 90)
 NO_SCHOOL_TYPE = ""  # key of users and cases whose school type is not known
+COUNSELOR_REPLY = "counselor_reply"
+
+
+def send_kind(purpose: str) -> str:
+    """How the month's LINE budget counts a sent text: a counselor's or an automatic reply
+    (broadcasts are counted by their recipients)."""
+    return "counselor" if purpose == COUNSELOR_REPLY else "auto"
 
 
 def nearest_rank(percent: int, n: int) -> int:
@@ -128,11 +135,16 @@ class Figures:
     first_reply_urgent: Durations = field(default_factory=Durations)
     waiting: Durations = field(default_factory=Durations)  # opened → first claim, in hours
     length: Durations = field(default_factory=Durations)  # opened → closed
+    # 終わったあとの問いかけ (check-in after a close)
+    checkin_sent: int = 0
+    checkin_answers: dict[str, int] = field(default_factory=dict)  # choice key
+    checkin_skipped: dict[str, int] = field(default_factory=dict)  # reason
 
     # 緊急性の高い相談
     urgent_cases: int = 0  # distinct cases flagged this month
     urgent_out_of_hours: int = 0
     urgent_by_keyword: dict[str, int] = field(default_factory=dict)  # distinct cases
+    urgent_by_risk: dict[str, int] = field(default_factory=dict)  # risk category: distinct cases
     flag_to_reply: Durations = field(default_factory=Durations)
     emergencies_by_type: dict[str, int] = field(default_factory=dict)
     emergency_contacts: dict[str, int] = field(default_factory=dict)  # agency
@@ -148,6 +160,12 @@ class Figures:
     broadcasts: tuple[BroadcastRow, ...] = ()
     broadcast_recipients: int = 0  # from chunks sent this month (quota)
     broadcasts_refused: int = 0
+
+    # 今月のLINEの通数: what counts against the plan (pushes, broadcast recipients), what is free
+    pushes_by_kind: dict[str, int] = field(default_factory=dict)  # counselor | auto (reply.sent)
+    free_replies_by_kind: dict[str, int] = field(default_factory=dict)  # by reply token
+    quota_limit: int | None = None  # the plan, at the month's last line.quota_read
+    quota_used: int | None = None  # LINE's own count then
 
     # 情報セキュリティ
     signature_rejected: dict[str, int] = field(default_factory=dict)  # reason

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Literal
 
 from soudan_shared import fact_types as ft
-from soudan_shared.config import SoudanConfig
+from soudan_shared.config import RISK_CATEGORIES, SoudanConfig
 
 from soudan_reporting.figures import (
     NO_SCHOOL_TYPE,
@@ -103,10 +103,12 @@ class Labels:
     school_types: tuple[tuple[str, str, bool], ...] = ()  # key, label, eligible
     categories: tuple[tuple[str, str], ...] = ()
     keywords: tuple[str, ...] = ()
+    checkin_choices: tuple[tuple[str, str], ...] = ()  # key, label
 
     @classmethod
     def from_config(cls, config: SoudanConfig) -> Labels:
         return cls(
+            checkin_choices=tuple((c.key, c.label) for c in config.messages.checkin.choices),
             school_types=tuple(
                 (c.key, c.label, c.eligible) for c in config.messages.school_type.choices
             ),
@@ -134,7 +136,17 @@ PURPOSES = {
     "emergency": "緊急時の案内",
     "menu_hours": "メニュー「受付時間」への案内",
     "menu_inquiry": "メニュー「問い合わせ」への案内",
+    "wait_notice": "待ち時間のお知らせ",
+    "checkin": "終わったあとの問いかけ",
+    "checkin_thanks": "問いかけへの答えへのお礼",
     "other": "その他",
+}
+CHECKIN_SKIPPED = {
+    "emergency": "緊急対応をした相談",
+    "out_of_scope": "対象外の相談",
+    "blocked": "ブロックされた",
+    "wrote_again": "寝ている時間のあいだに新しい相談が始まった",
+    "disabled": "送らない設定",
 }
 EMERGENCY_TYPES = {
     "suicide_notice": "自殺予告",
@@ -180,16 +192,20 @@ SERVICES = {
     "reporting": "記録・報告（reporting）",
 }
 SETTINGS = {
-    "hours": "受付時間",
-    "messages": "決まった文面",
+    "hours": "相談の期間と受付時間・休みの日",
+    "messages": "自動で送るメッセージ",
     "keywords": "緊急のキーワード",
-    "congestion": "混雑の基準",
+    "congestion": "混雑の判定",
     "agencies": "緊急時の連絡先",
     "categories": "相談の分類",
     "canned": "定型の返信",
+    "canned_responses": "定型の返信（追加・削除）",
+    "broadcast": "一斉送信の停止・再開",
     "broadcasts": "一斉送信",
-    "staff": "職員アカウント",
+    "staff": "職員アカウントのロック解除",
+    "security.totp_required_roles": "二要素認証を必ず使う役割",
 }
+SYSTEM_ACTORS = {"bootstrap": "初期設定（最初の管理者）"}
 UNKNOWN = "（不明）"
 
 
@@ -258,8 +274,30 @@ def _who(f: Figures, staff_id: str) -> str:
     """A staff member as the section knows them: the display name, with the account id."""
     if not staff_id:
         return UNKNOWN
+    if staff_id in SYSTEM_ACTORS:
+        return SYSTEM_ACTORS[staff_id]
     name = f.staff_names.get(staff_id)
     return f"{name}（{staff_id}）" if name else staff_id
+
+
+def setting_label(what: str) -> str:
+    """The Japanese name of a changed setting: ``config.hours``, ``canned_responses.<id>``,
+    ``staff.<id>.locked``, ``broadcast.<id>.state`` and the like are named by what they are,
+    not by their key (an item's id means nothing to the section)."""
+    if what in SETTINGS:
+        return SETTINGS[what]
+    head, _, rest = what.partition(".")
+    if head == "config" and rest in SETTINGS:
+        return SETTINGS[rest]
+    return SETTINGS.get(head, what or UNKNOWN)
+
+
+def _settings_rows(counts: dict[str, int]) -> tuple[tuple[Cell, ...], ...]:
+    by_label: dict[str, int] = {}
+    for what, n in counts.items():
+        label = setting_label(what)
+        by_label[label] = by_label.get(label, 0) + n
+    return tuple(sorted(by_label.items(), key=lambda row: (-row[1], row[0])))
 
 
 def _day(instant: datetime | None) -> str | None:
@@ -567,10 +605,42 @@ def _cases(f: Figures, labels: Labels, month: Month) -> Section:
         _keyed_rows(f.opened_by_school, _school_types(labels)),
         chart=Chart("bar"),
     )
+    answered = sum(f.checkin_answers.values())
+    checkin = Table(
+        "終わったあとの問いかけ",
+        ("項目", "件数"),
+        (
+            ("送った問いかけ", f.checkin_sent),
+            ("答えてくれた相談", answered),
+            ("答えてくれた割合", _ratio(answered, f.checkin_sent)),
+            *(
+                (f"送らなかった（{CHECKIN_SKIPPED.get(reason, reason)}）", n)
+                for reason, n in sorted(f.checkin_skipped.items())
+            ),
+        ),
+        note="相談員が相談を終えたあと、相談者に1回だけ送るひとことの問いかけです。"
+        "答えは最初の1回だけを数えます（今月の答え÷今月送った数）。",
+    )
+    checkin_answers = Table(
+        "終わったあとの問いかけへの答え",
+        ("答え", "件数"),
+        _keyed_rows(f.checkin_answers, list(labels.checkin_choices)),
+        chart=Chart("pie"),
+    )
     return Section(
         "相談件数",
         "相談件数",
-        (counts, times, by_day, by_weekday, by_hour, by_category, by_school),
+        (
+            counts,
+            times,
+            by_day,
+            by_weekday,
+            by_hour,
+            by_category,
+            by_school,
+            checkin,
+            checkin_answers,
+        ),
     )
 
 
@@ -579,7 +649,7 @@ def _urgent(f: Figures, labels: Labels) -> Section:
         "緊急性の高い相談",
         ("項目", "件数"),
         (
-            ("キーワードで緊急の目印がついた相談", f.urgent_cases),
+            ("緊急の目印がついた相談（キーワード・危険のサイン）", f.urgent_cases),
             ("うち受付時間外", f.urgent_out_of_hours),
             ("緊急対応", sum(f.emergencies_by_type.values())),
             ("緊急対応の終了", f.emergencies_closed),
@@ -592,6 +662,14 @@ def _urgent(f: Figures, labels: Labels) -> Section:
         ("キーワード", "件数"),
         _keyed_rows(f.urgent_by_keyword, [(k, k) for k in labels.keywords]),
         note="1つの相談に複数のキーワードがあるときは、それぞれに数えています。",
+        chart=Chart("bar"),
+    )
+    risks = Table(
+        "危険のサインの種類別（相談の件数）",
+        ("種類", "件数"),
+        _keyed_rows(f.urgent_by_risk, [(c, c) for c in RISK_CATEGORIES]),
+        note="キーワードのほかに、危険のサインとなる言い方で緊急の目印がついた相談です。"
+        "1つの相談に複数の種類があるときは、それぞれに数えています。",
         chart=Chart("bar"),
     )
     types = Table(
@@ -616,7 +694,9 @@ def _urgent(f: Figures, labels: Labels) -> Section:
         (_duration_row("緊急の目印がついてから相談員が返信するまで", f.flag_to_reply),),
     )
     return Section(
-        "緊急性の高い相談", "緊急性の高い相談", (summary, keywords, types, contacts, results, flag)
+        "緊急性の高い相談",
+        "緊急性の高い相談",
+        (summary, keywords, risks, types, contacts, results, flag),
     )
 
 
@@ -649,19 +729,7 @@ def _auto_and_broadcasts(f: Figures) -> Section:
             ("受け取らなかった画像・スタンプなど", f.media_refused),
         ),
     )
-    reply = f.sends_by_method.get("reply", 0)
-    push = f.sends_by_method.get("push", 0)
-    methods = Table(
-        "送信の方法と通数",
-        ("方法", "件数", "月の通数に数えるか"),
-        (
-            ("応答メッセージ（返信）", reply, "数えない（無料）"),
-            ("プッシュメッセージ", push, "数える"),
-            ("一斉送信（受け取った人数）", f.broadcast_recipients, "数える"),
-            ("通数に数える合計", push + f.broadcast_recipients, ""),
-        ),
-        note="一斉送信は、今月送った分の受け取り人数です。",
-    )
+    methods = _line_budget(f)
     broadcasts = Table(
         "一斉送信",
         ("ID", "開始日", "対象", "届いた人数", "届かなかった人数", "状態"),
@@ -681,6 +749,40 @@ def _auto_and_broadcasts(f: Figures) -> Section:
         note=f"重ねて送らないよう止めた一斉送信: {f.broadcasts_refused}件",
     )
     return Section("自動応答・一斉送信", "自動応答・一斉送信", (sent, auto, methods, broadcasts))
+
+
+def _line_budget(f: Figures) -> Table:
+    """The month's LINE messages against the plan: what counted, by kind, and what went free."""
+    counselor_push = f.pushes_by_kind.get("counselor", 0)
+    auto_push = f.pushes_by_kind.get("auto", 0)
+    counselor_free = f.free_replies_by_kind.get("counselor", 0)
+    auto_free = f.free_replies_by_kind.get("auto", 0)
+    counted = counselor_push + auto_push + f.broadcast_recipients
+    free = counselor_free + auto_free
+    return Table(
+        "今月のLINEの通数（プランに対して）",
+        ("項目", "通数", "月の通数に数えるか"),
+        (
+            ("相談員の返信（プッシュ）", counselor_push, "数える"),
+            ("自動応答（プッシュ）", auto_push, "数える"),
+            ("一斉送信（受け取った人数）", f.broadcast_recipients, "数える"),
+            ("通数に数える合計", counted, ""),
+            ("今月のプランの通数", f.quota_limit, ""),
+            ("プランのうち使った割合", _ratio(counted, f.quota_limit or 0), ""),
+            ("LINEが数えた通数（この月の最後の読み取り）", f.quota_used, ""),
+            ("相談員の返信（返信トークン・無料）", counselor_free, "数えない"),
+            ("自動応答（返信トークン・無料）", auto_free, "数えない"),
+            ("返信トークンで無料で送った割合", _ratio(free, free + counselor_push + auto_push), ""),
+            (
+                "相談員の返信のうち無料で送った割合",
+                _ratio(counselor_free, counselor_free + counselor_push),
+                "",
+            ),
+        ),
+        note="返信トークン（相談者のメッセージから1分ほど使えます）で送った返信は、LINEの月の"
+        "通数に数えられません。一斉送信は、今月送った分の受け取り人数です。プランの通数は、"
+        "この月にLINEから最後に読み取った値です（読み取れなかったときは「—」）。",
+    )
 
 
 def _security(f: Figures, limits: Limits, checklist: tuple[CheckLine, ...]) -> Section:
@@ -752,9 +854,7 @@ def _security(f: Figures, limits: Limits, checklist: tuple[CheckLine, ...]) -> S
             for a in f.audit
         ),
     )
-    settings = Table(
-        "設定の変更", ("設定", "回数"), _keyed_rows(f.settings_changed, names=SETTINGS)
-    )
+    settings = Table("設定の変更", ("設定", "回数"), _settings_rows(f.settings_changed))
     token = f.token
     if token.source is None:
         kind = "静的トークン（発行日不明）"
