@@ -13,10 +13,11 @@ RabbitMQ, a fresh ``BUS_NAMESPACE``) and ``soudan-fakeline`` (the fake LINE plat
 comes from this process. ``--separate ingress reporting`` runs those services each in a
 ``soudan-all --only <service>`` of its own (as deployed, one process per service) and the rest in
 the first; with the in-process store only these two can leave it: ingress uses no store and
-reporting only its own collections. ``--store fakemongo`` starts one ``soudan-fakemongo`` (NOT
-MongoDB: mongomock behind the wire protocol, one Python process for every store call) for all
-the processes, so any service can be ``--separate``. ``--soak SECONDS --soak-rate R`` keeps one
-stack under steady load and samples the RSS of every process every 10 s.
+reporting only its own collections. ``--store secantus`` starts one SecantusDB server
+(``secantusd-py``, a third-party MongoDB server written in Python on WiredTiger; NOT MongoDB) with
+its data in the run's temporary directory for all the processes, so any service can be
+``--separate``. ``--soak SECONDS --soak-rate R`` keeps one stack under steady load and samples
+the RSS of every process every 10 s.
 
 The configuration is deploy/config with today closed (the demo's ``prepare_config``), so every
 text gets the out-of-hours reply; that reply goes once per user per next opening, so every message
@@ -115,7 +116,7 @@ class Stack:
         self.console_url = f"http://127.0.0.1:{self.ports['console']}"
         self.namespace = "bench-" + secrets.token_hex(4)
         env = dict(os.environ)
-        env.update(demo_environment(config_dir, self.ports))
+        env.update(demo_environment(config_dir, self.ports, "memory://"))
         env.update(
             {
                 "BUS_NAMESPACE": self.namespace,
@@ -130,12 +131,16 @@ class Stack:
         self._fake_log = (log_dir / "fakeline.log").open("ab")
         self._all_log = (log_dir / "soudan-all.log").open("ab")
         self.store: subprocess.Popen[bytes] | None = None
-        if store == "fakemongo":
-            # One store for every process (soudan-fakemongo: mongomock behind the MongoDB wire
-            # protocol; NOT MongoDB), so any service can run in a process of its own.
+        if store == "secantus":
+            # One store for every process (a SecantusDB server; NOT MongoDB), so any service
+            # can run in a process of its own.
             store_port = free_port()
+            data_dir = log_dir / "secantus-data"
             self.store = subprocess.Popen(  # noqa: S603
-                [str(VENV_BIN / "soudan-fakemongo"), "--port", str(store_port)],
+                [
+                    *(str(VENV_BIN / "secantusd-py"), "--host", "127.0.0.1"),
+                    *("--port", str(store_port), "--storage-path", str(data_dir)),
+                ],
                 stdout=self._all_log,
                 stderr=self._all_log,
                 env=env,
@@ -196,7 +201,7 @@ class Stack:
         if self.all is not None:
             sizes["soudan_all_kib"] = rss_kib(self.all.pid)
         if self.store is not None:
-            sizes["fakemongo_kib"] = rss_kib(self.store.pid)
+            sizes["secantus_kib"] = rss_kib(self.store.pid)
         for name, process in self.separate.items():
             sizes[f"{name}_kib"] = rss_kib(process.pid)
         return sizes
@@ -541,7 +546,7 @@ async def start_stack(
             "phase": label,
             "namespace": stack.namespace,
             "separate": sorted(stack.separate),
-            "store": "fakemongo" if stack.store else "memory",
+            "store": "secantus" if stack.store else "memory",
             **stack.rss(),
             "loadavg": load_average(),
         }
@@ -673,9 +678,9 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--store",
-        choices=["memory", "fakemongo"],
+        choices=["memory", "secantus"],
         default="memory",
-        help="memory: the in-process store; fakemongo: one soudan-fakemongo process for all",
+        help="memory: the in-process store; secantus: one SecantusDB server for all",
     )
     parser.add_argument(
         "--soak",

@@ -37,9 +37,10 @@ cp "$here/.env.example" "$env_file"
 random() {
     od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'
 }
-for name in rabbitmq-password mongodb-password log-hash-key; do
+for name in rabbitmq-password mongodb-password log-hash-key erlang-cookie; do
     sed -i "s/change-me-$name/$(random 24)/g" "$env_file"
 done
+sed -i "s/change-me-mongodb-replica-key/$(random 48)/g" "$env_file"
 sed -i \
     -e "s/^SOUDAN_DEMO=.*/SOUDAN_DEMO=true/" \
     -e "s|^LINE_API_BASE_URL=.*|LINE_API_BASE_URL=http://fakeline:9000|" \

@@ -9,11 +9,13 @@ finds in it what the scenarios before it produced.
 from __future__ import annotations
 
 import asyncio
+import re
+from collections import Counter
 from typing import Any
 
 import pytest
 from soudan_allinone.testing import Stack
-from soudan_console.domain import EMERGENCIES
+from soudan_console.domain import EMERGENCIES, STAFF
 from soudan_console.testing import Browserless, login
 from soudan_fakeline import new_user_id
 from soudan_reporting.build import build_month
@@ -141,12 +143,15 @@ async def test_in_hours_the_urgent_case_tops_the_queue_and_a_counselor_answers_a
             f'data-case-id="{calm_case["_id"]}"'
         )
         case_id = urgent_case["_id"]
-        status, where, _ = await session.post(f"/cases/{case_id}/claim")
+        status, where, page = await session.post(f"/cases/{case_id}/claim")
         assert (status, where) == (200, f"/cases/{case_id}?msg=claimed")
+        form_id = re.search(r'name="command_id" value="([^"]+)"', page)
+        assert form_id is not None
         status, where, _ = await session.post(
-            f"/cases/{case_id}/reply", {"text": "話してくれてありがとう。相談員の佐藤です。"}
+            f"/cases/{case_id}/reply",
+            {"text": "話してくれてありがとう。相談員の佐藤です。", "command_id": form_id.group(1)},
         )
-        assert where == f"/cases/{case_id}?msg=sent"
+        assert where == f"/cases/{case_id}?msg=sending"
         texts = await wait_until(
             lambda: [t for t in stack.line.fake.texts(urgent) if "佐藤" in t],
             message="the counselor's reply at fake LINE",
@@ -162,7 +167,8 @@ async def test_in_hours_the_urgent_case_tops_the_queue_and_a_counselor_answers_a
     closed = await stack.store.db[CASES].find_one({"_id": case_id})
     assert closed["state"] == "closed"
     await stack.wait_fact(F.CASE_CLAIMED, case_id=case_id, staff_id=staff.id)
-    await stack.wait_fact(F.REPLY_SENT, case_id=case_id, staff_id=staff.id, method="push")
+    # answered at once: by the student's reply token (free)
+    await stack.wait_fact(F.REPLY_SENT, case_id=case_id, staff_id=staff.id, method="reply")
     await stack.wait_fact(F.CASE_CLOSED, case_id=case_id, category="bullying", urgent=True)
 
 
@@ -182,7 +188,7 @@ async def test_an_image_and_a_sticker_get_the_text_only_reply_and_nothing_is_dow
     assert "文字" in reply
     assert stack.seen.paths, "the fake records the paths it is asked for"
     assert not [p for p in stack.seen.paths if p.endswith("/content")]
-    assert await stack.store.db[MESSAGES].count_documents({"user_id": user}) == 0
+    assert await stack.store.db[MESSAGES].count_documents({"user_id": user, "direction": "in"}) == 0
     await stack.wait_fact(F.MEDIA_REFUSED, user_id=user, kind="image", replied=True)
     assert len(await stack.facts(F.REPLY_SENT, user_id=user)) == 1
 
@@ -216,7 +222,9 @@ async def test_an_unsent_message_disappears_from_the_console(stack: Stack) -> No
         await session.close()
     assert kept in page
     assert regretted not in page
-    stored = await stack.store.db[MESSAGES].find({"case_id": case["_id"]}).to_list()
+    stored = await (
+        stack.store.db[MESSAGES].find({"case_id": case["_id"], "direction": "in"}).to_list()
+    )
     assert [m.get("text") for m in stored if m.get("text")] == [kept]
 
 
@@ -262,7 +270,7 @@ async def test_when_congested_a_case_gets_the_congestion_reply_once(stack: Stack
 
 
 async def _stored(stack: Stack, user: str, n: int) -> bool:
-    return await stack.store.db[MESSAGES].count_documents({"user_id": user}) == n
+    return await stack.store.db[MESSAGES].count_documents({"user_id": user, "direction": "in"}) == n
 
 
 # -- 7 --------------------------------------------------------------------------------------
@@ -344,10 +352,12 @@ async def test_a_broadcast_reaches_every_registered_user_once(stack: Stack) -> N
     admin, session = await _counselor(stack, "admin")
     try:
         await session.get("/admin/broadcasts")
-        _, where, _ = await session.post(
-            "/admin/broadcasts",
-            {"template": "open_now", "audience": "registered", "when": "now"},
-        )
+        choices = {"template": "open_now", "audience": "registered", "when": "now"}
+        _, _, page = await session.post("/admin/broadcasts/preview", choices)
+        assert f'<strong class="confirm-count">{len(registered)}人</strong>' in page
+        token = re.search(r'name="token" value="([^"]+)"', page)
+        assert token is not None
+        _, where, _ = await session.post("/admin/broadcasts", {**choices, "token": token[1]})
         assert where.endswith("msg=broadcast_requested")
     finally:
         await session.close()
@@ -379,12 +389,140 @@ async def test_a_reply_typed_in_the_console_arrives_at_the_fake_line_platform(
     await page.wait_for_url("**?msg=claimed")
     await page.fill("#text-0", "メッセージをありがとう。相談員の佐藤です。")
     await page.click("#send")
-    await page.wait_for_url("**?msg=sent")
+    await page.wait_for_url("**?msg=sending")
     await wait_until(
         lambda: "メッセージをありがとう。相談員の佐藤です。" in stack.line.fake.texts(user),
         message="text at fake LINE",
     )
     await stack.wait_fact(F.REPLY_SENT, case_id=case["_id"], staff_id=counselor.id)
+
+
+async def test_a_student_who_answers_the_school_question_after_writing_is_out_of_scope(
+    stack: Stack,
+) -> None:
+    stack.at(stack.open_moment())
+    late = new_user_id()
+    await stack.line.webhook.text(late, "きいてほしいことがあります", url=stack.webhook_url)
+    case = await _case(stack, late)
+    assert case["out_of_scope"] is False
+    await stack.line.webhook.postback(late, "school_type=sapporo_city", url=stack.webhook_url)
+    await stack.wait_fact(F.SCHOOL_TYPE_SET, user_id=late, eligible=False)
+    answered = await wait_until(
+        lambda: stack.store.db[CASES].find_one({"_id": case["_id"], "out_of_scope": True}),
+        message="the open case marked 対象外",
+    )
+    assert answered["school_type"] == "sapporo_city"
+
+
+# -- the month's LINE budget (issue 20) --------------------------------------------------------
+
+
+async def _answer(session: Browserless, case_id: str, text: str) -> None:
+    status, _, page = await session.get(f"/cases/{case_id}")
+    assert status == 200
+    form_id = re.search(r'name="command_id" value="([^"]+)"', page)
+    assert form_id is not None
+    _, where, _ = await session.post(
+        f"/cases/{case_id}/reply", {"text": text, "command_id": form_id.group(1)}
+    )
+    assert where == f"/cases/{case_id}?msg=sending"
+
+
+async def _delivery(stack: Stack, case_id: str, text: str) -> str | None:
+    doc = await stack.store.db[MESSAGES].find_one({"case_id": case_id, "text": text})
+    return None if doc is None else doc.get("delivery")
+
+
+async def test_a_counselor_answering_within_the_reply_tokens_window_sends_a_free_reply(
+    stack: Stack,
+) -> None:
+    stack.at(stack.open_moment())
+    user = new_user_id()
+    await stack.line.webhook.text(user, "話をきいてほしいです", url=stack.webhook_url)
+    case = await _case(stack, user)
+    staff, session = await _counselor(stack)
+    try:
+        _, where, _ = await session.post(f"/cases/{case['_id']}/claim")
+        assert where == f"/cases/{case['_id']}?msg=claimed"
+        await stack.line.webhook.text(user, "いま大丈夫ですか", url=stack.webhook_url)
+        await wait_until(lambda: _stored(stack, user, 2), message="the second message stored")
+        used = stack.line.fake.consumption
+        stack.later(20)  # the counselor answers 20 s after the student's message
+        await _answer(session, case["_id"], "だいじょうぶだよ。相談員の田中です。")
+        await stack.wait_fact(F.REPLY_SENT, staff_id=staff.id, method="reply")
+        assert stack.line.fake.consumption == used  # a reply is not counted
+        assert await _delivery(stack, case["_id"], "だいじょうぶだよ。相談員の田中です。") == "sent"
+
+        # The student writes again; this time the answer comes after the token's window.
+        await stack.line.webhook.text(user, "学校のことです", url=stack.webhook_url)
+        await wait_until(lambda: _stored(stack, user, 3), message="the third message stored")
+        stack.later(90)
+        await _answer(session, case["_id"], "学校のことだね。")
+        await stack.wait_fact(F.REPLY_SENT, staff_id=staff.id, method="push")
+        assert stack.line.fake.consumption == used + 1
+        assert await _delivery(stack, case["_id"], "学校のことだね。") == "sent"
+    finally:
+        await session.close()
+    counselor = [
+        (d.method, d.text)
+        for d in stack.line.fake.received(user)
+        if d.text in ("だいじょうぶだよ。相談員の田中です。", "学校のことだね。")
+    ]
+    assert counselor == [
+        ("reply", "だいじょうぶだよ。相談員の田中です。"),
+        ("push", "学校のことだね。"),
+    ]
+
+
+async def test_an_exhausted_month_shows_the_reason_on_the_reply_and_alerts_supervisors_once(
+    stack: Stack,
+) -> None:
+    stack.at(stack.open_moment())
+    fake = stack.line.fake
+    user = new_user_id()
+    await stack.line.webhook.text(user, "ちょっと聞いてほしい", url=stack.webhook_url)
+    case = await _case(stack, user)
+    supervisor = await stack.console.add_staff("supervisor")
+    _, session = await _counselor(stack)
+    spent_mail = "【相談窓口】今月のLINEの通数がなくなりました"
+    fake.quota_limit = fake.consumption  # nothing left this month
+    try:
+        await session.post(f"/cases/{case['_id']}/claim")
+        stack.later(120)  # past the token's window: these go by push, and LINE refuses them
+        for text in ("まだいますか？", "お返事を待っています。"):
+            await _answer(session, case["_id"], text)
+            doc = await wait_until(
+                lambda t=text: stack.store.db[MESSAGES].find_one({"text": t, "delivery": "failed"}),
+                message="the reply marked failed",
+            )
+            assert doc["delivery_problem"] == "monthly_limit"
+        _, _, page = await session.get(f"/cases/{case['_id']}")
+        assert "今月にLINEで送れるメッセージの数が上限に達したため、送れませんでした。" in page
+        assert "今月のLINEの通数がなくなりました" in page
+        assert "0120-0-78310" in page
+
+        def spent_mails() -> list[Any]:
+            return [m for m in stack.inbox.messages if m["Subject"] == spent_mail]
+
+        await wait_until(spent_mails, message="the supervisors' mail")
+        mails = spent_mails()
+        assert len(mails) == 1  # two refusals, one alert this month
+        assert supervisor.email in str(mails[0]["To"])
+
+        # The student writes again: within the token's window the failed reply goes, free.
+        await stack.line.webhook.text(user, "いるよ", url=stack.webhook_url)
+        await wait_until(lambda: _stored(stack, user, 2), message="the student's new message")
+        stack.later(15)
+        doc = await stack.store.db[MESSAGES].find_one({"text": "まだいますか？"})
+        retry = f"/cases/{case['_id']}/replies/{doc['command_id']}/retry"
+        _, where, _ = await session.post(retry)
+        assert where.startswith(f"/cases/{case['_id']}")
+        await stack.wait_fact(F.REPLY_SENT, command_id=doc["command_id"], method="reply")
+        assert await _delivery(stack, case["_id"], "まだいますか？") == "sent"
+        assert "まだいますか？" in fake.texts(user)
+    finally:
+        fake.quota_limit = None
+        await session.close()
 
 
 # -- 9 --------------------------------------------------------------------------------------
@@ -403,7 +541,10 @@ async def test_the_months_report_counts_what_the_scenarios_did(stack: Stack) -> 
 
     figures = built.figures
     assert figures.cases_opened == len(cases)
-    assert figures.cases_out_of_scope == len([c for c in cases if c["out_of_scope"]]) == 1
+    # two 対象外: one answered before writing, one after (scenario 1 and the one above)
+    assert figures.cases_out_of_scope == len([c for c in cases if c["out_of_scope"]]) == 2
+    assert figures.opened_by_school == dict(Counter(c.get("school_type") or "" for c in cases))
+    assert figures.cases_in_hours == len([c for c in cases if c["opened_in_hours"]])
     assert figures.cases_closed == len([c for c in cases if c["state"] == "closed"])
     assert figures.closed_by_category == {"bullying": 1}
     assert figures.urgent_cases == len([c for c in cases if c["urgent"]])
@@ -411,7 +552,25 @@ async def test_the_months_report_counts_what_the_scenarios_did(stack: Stack) -> 
     assert figures.followed_new == 5  # two in the first scenario, three before the broadcast
     assert figures.emergencies_by_type == {"child_abuse": len(emergencies)} == {"child_abuse": 1}
     assert sum(figures.emergency_contacts.values()) == 1
-    assert figures.messages_out_counselor == 2
+    counselor_texts = await db[MESSAGES].count_documents(
+        {"purpose": "counselor_reply", "delivery": "sent"}
+    )
+    assert figures.messages_out_counselor == counselor_texts
+    # the month's LINE messages by kind: the scenarios' counselor replies went both ways
+    counselor_sent = await stack.facts(F.REPLY_SENT, purpose="counselor_reply")
+    by_method = Counter(f["data"]["method"] for f in counselor_sent)
+    assert figures.free_replies_by_kind["counselor"] == by_method["reply"] >= 1
+    assert figures.pushes_by_kind["counselor"] == by_method["push"] >= 1
+    # staff by the name the console knows them by, not by their 32-character id
+    tables = {t.title: t for section in built.report.sections for t in section.tables}
+    staff = {s["_id"]: s["name"] for s in await db[STAFF].find({}).to_list()}
+    audit = [row[0] for row in tables["相談記録の閲覧と操作（監査記録の集計）"].rows]
+    assert audit
+    assert all(any(who == f"{n}（{i}）" for i, n in staff.items()) for who in audit)
+    budget = tables["今月のLINEの通数（プランに対して）"]
+    rows = {row[0]: row[1] for row in budget.rows}
+    assert rows["相談員の返信（返信トークン・無料）"] == by_method["reply"]
+    assert rows["一斉送信（受け取った人数）"] == figures.broadcast_recipients > 0
     assert built.xlsx.exists()
     assert built.pdf.exists()
 

@@ -1,7 +1,9 @@
 """``soudan-demo``: the whole service on one machine, a scripted conversation, then the console.
 
-Runs without Docker: the five services in this process (as ``soudan-all``), the in-process store
-(``MONGODB_URL=memory://``, lost at exit), the fake LINE platform of ``tools/fakeline`` and the
+Runs without Docker: the five services in this process (as ``soudan-all``), a SecantusDB child
+process as the store (its data in ``SOUDAN_DATA_DIR``, default ~/.local/share/soudan/demo, kept
+across restarts, printed at start; ``--fresh`` starts it empty; ``MONGODB_URL=memory://`` uses the
+in-process store instead, lost at exit), the fake LINE platform of ``tools/fakeline`` and the
 RabbitMQ at ``RABBITMQ_URL`` (default ``amqp://guest:guest@127.0.0.1:5672/``, namespace
 ``BUS_NAMESPACE``, default ``demo``). Then one student, through signed webhooks of the fake:
 
@@ -13,20 +15,28 @@ RabbitMQ at ``RABBITMQ_URL`` (default ``amqp://guest:guest@127.0.0.1:5672/``, na
    section, saved through the console's own settings form; triage picks it up at once from the
    ``settings.changed`` fact);
 6. the student writes again, now in hours (a case for the counselors, no automatic answer);
-7. the demo counselor signs in, takes the next case of the queue and answers through the case
-   page's reply form (CSRF token and all); the answer reaches the student.
+7. the demo counselor signs in and takes the next case of the queue: the case page opens and the
+   student's messages show 既読 at the fake platform; the counselor starts writing (the page's
+   typing call, as ``typing.js`` makes it) and the student's chat shows LINE's loading animation
+   ("入力中…"); the answer, sent through the case page's reply form (CSRF token and all),
+   reaches the student and ends the animation.
 
 How "closed, then open" is made: the demo runs with a copy of the configuration directory
 (``SOUDAN_CONFIG_DIR``, default ``deploy/config``) in a temporary directory, whose ``hours.yaml``
-has an override closing today (Asia/Tokyo). Step 5 stores an override of the hours section that
-opens today from 00:00 to 23:59, exactly as an admin would in the console. Nothing fakes a clock.
+has a special day closing today (Asia/Tokyo). In step 5 the admin gives that special day the hours
+00:00-23:59 in the console's hours form and saves, exactly as a person would. Nothing fakes a clock.
+
+Run again on kept data, the demo starts the same way: a new student each run, the console's
+stored hours edit of the earlier run removed before the services start (so today is closed again),
+the demo accounts kept as they were (their printed passwords, unless someone changed them in the
+console). The earlier runs' conversations stay in the console.
 
 The transcript (what the student sent, what the student received) is printed, then the
 console's address and the demo sign-ins; the services keep running until Ctrl-C so a person can
 look around. ``--once`` exits after the transcript (tests). The demo accounts are made with the
 console's own :func:`~soudan_console.staff.create_staff`, without the forced password change of
-an account an admin creates, since their passwords are printed here anyway. Demo only: never
-point it at a real store.
+an account an admin creates, since their passwords are printed here anyway. Demo only: it never
+runs on a real store (a ``mongodb://`` ``MONGODB_URL`` is refused).
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -51,16 +62,19 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import yaml
 from aiohttp import web
+from soudan_console.domain import STAFF
 from soudan_console.staff import create_staff
 from soudan_console.web import CONSOLE
 from soudan_fakeline import FakeLineServer, free_port, new_user_id, running_fakeline
+from soudan_shared.config_store import delete_override
 from soudan_shared.contracts import utcnow
 from soudan_shared.runtime import setup_logging, start_site
 from soudan_shared.settings import load_settings
+from soudan_shared.store import MEMORY_URL, is_memory_url, open_store
 from soudan_triage.app import TRIAGE
 from soudan_triage.hours import Hours
 
-from soudan_allinone.main import SERVICES
+from soudan_allinone.main import SERVICES, development_store
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -83,7 +97,7 @@ class Account:
     role: str
 
 
-# Printed at the end for a person to sign in with; they exist only in the in-process store.
+# Printed at the end for a person to sign in with; they exist only in the demo's own store.
 COUNSELOR = Account(
     "counselor@demo.soudan.example", "demo-counselor-pass", "相談員デモ", "counselor"
 )
@@ -97,6 +111,10 @@ COUNSELOR_REPLY = (
     "つらい気持ちを、ここで少しずつ話してくれたらうれしいです。"
     "あなたのペースでだいじょうぶですよ。"
 )
+
+
+READ_NOTE = "生徒のメッセージに「既読」がつきました（相談員が読みました）"
+TYPING_NOTE = "生徒のトークに「入力中…」が出ています（相談員が返信を書いています）"
 
 
 class DemoError(RuntimeError):
@@ -141,34 +159,32 @@ def source_config_dir() -> Path:
     return Path(__file__).resolve().parents[4] / "deploy" / "config"
 
 
-def hours_with_today(hours: dict[str, Any], sessions: list[dict[str, str]]) -> dict[str, Any]:
-    """``hours`` (the hours.yaml mapping) with today's (Asia/Tokyo) sessions replaced."""
+def closed_today(hours: dict[str, Any]) -> dict[str, Any]:
+    """``hours`` (the hours.yaml mapping) with today (Asia/Tokyo) a special day without hours."""
     today = datetime.now(TOKYO).date().isoformat()
     overrides = [o for o in hours.get("overrides") or [] if str(o.get("date")) != today]
-    note = "デモ: 今日は受付中" if sessions else "デモ: 今日は休み"
-    overrides.append({"date": today, "sessions": sessions, "note": note})
+    overrides.append({"date": today, "sessions": [], "note": "デモ: 今日は休み"})
     return {**hours, "overrides": overrides}
 
 
-OPEN_ALL_DAY = [{"open": "00:00", "last_acceptance": "23:58", "close": "23:59"}]
+OPEN_ALL_DAY = {"open": "00:00", "last": "23:58", "close": "23:59"}  # as the form's fields
 
 
-def prepare_config(target: Path) -> dict[str, Any]:
-    """Copy the configuration into ``target`` with today closed; return the hours mapping."""
+def prepare_config(target: Path) -> None:
+    """Copy the configuration into ``target`` with today closed (a special day without hours)."""
     source = source_config_dir()
     for path in source.glob("*.yaml"):
         shutil.copyfile(path, target / path.name)
     hours = yaml.safe_load((source / "hours.yaml").read_text(encoding="utf-8"))
-    closed = hours_with_today(hours, [])
+    closed = closed_today(hours)
     (target / "hours.yaml").write_text(
         yaml.safe_dump(closed, allow_unicode=True, sort_keys=False), encoding="utf-8"
     )
-    return dict(hours)
 
 
-def demo_environment(config_dir: Path, ports: dict[str, int]) -> dict[str, str]:
+def demo_environment(config_dir: Path, ports: dict[str, int], mongodb_url: str) -> dict[str, str]:
     env = {
-        "MONGODB_URL": "memory://",
+        "MONGODB_URL": mongodb_url,
         "BUS_NAMESPACE": os.environ.get("BUS_NAMESPACE", "demo"),
         "RABBITMQ_URL": os.environ.get("RABBITMQ_URL", DEFAULT_RABBITMQ_URL),
         "LOG_HASH_KEY": secrets.token_hex(16),
@@ -242,6 +258,8 @@ async def create_accounts(stack: Stack) -> None:
     console = stack.apps["console"][CONSOLE]
     await console.bus.wait_started(15)
     for account in (ADMIN, COUNSELOR):
+        if await console.db[STAFF].count_documents({"email": account.email}):
+            continue  # made by an earlier run on the same data
         await create_staff(
             console,
             email=account.email,
@@ -302,24 +320,73 @@ class ConsoleClient:
         return html
 
 
-async def open_today(base: str, hours: dict[str, Any]) -> None:
-    """As the demo admin: save the hours section with today open, through the console's form."""
+class FormFields(HTMLParser):
+    """What a browser would send from the page's form ``form_id``: text and time inputs,
+    ticked boxes, the selected options."""
+
+    def __init__(self, form_id: str) -> None:
+        super().__init__()
+        self.form_id = form_id
+        self.inside = False
+        self.select: str | None = None
+        self.fields: dict[str, str] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "form":
+            self.inside = a.get("id") == self.form_id
+        if not self.inside or ("name" not in a and tag != "option"):
+            return
+        if tag == "input" and a.get("type") not in ("checkbox", "submit", "button"):
+            self.fields[a["name"]] = a.get("value", "")
+        elif tag == "input" and a.get("type") == "checkbox" and "checked" in a:
+            self.fields[a["name"]] = a.get("value", "on")
+        elif tag == "select":
+            self.select = a["name"]
+        elif tag == "option" and self.select is not None and "selected" in a:
+            self.fields[self.select] = a.get("value", "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self.inside = False
+        elif tag == "select":
+            self.select = None
+
+
+async def open_today(base: str) -> None:
+    """As the demo admin: in the console's hours form, give today's special day (closed, from
+    the demo's hours.yaml) the hours 00:00-23:59, and save."""
     admin = ConsoleClient(base)
     try:
         await admin.sign_in(ADMIN)
         _, html = await admin.page("/admin/settings/hours")
-        text = yaml.safe_dump(
-            hours_with_today(hours, OPEN_ALL_DAY), allow_unicode=True, sort_keys=False
-        )
-        path, _ = await admin.post("/admin/settings/hours", html, {"text": text})
-        if path != "/admin/settings/hours":
+        parser = FormFields("hours-form")
+        parser.feed(html)
+        fields = parser.fields
+        today = datetime.now(TOKYO).date().isoformat()
+        dates = [k for k, v in fields.items() if k.endswith("-date") and v == today]
+        row = dates[0].removesuffix("-date") if dates else None
+        if row is None or f"{row}-0-open" not in fields:
+            raise DemoError("today is not among the special days of the console's hours form")
+        fields |= {f"{row}-0-{key}": clock for key, clock in OPEN_ALL_DAY.items()}
+        fields[f"{row}-note"] = "デモ: 今日は受付中"
+        fields.pop("csrf_token", None)
+        path, saved = await admin.post("/admin/settings/hours", html, {**fields, "action": "save"})
+        if path != "/admin/settings/hours" or "bad-input" in saved:
             raise DemoError("the console did not save the hours")
     finally:
         await admin.close()
 
 
-async def counselor_answers(base: str, text: str) -> None:
-    """As the demo counselor: take the next case of the queue and answer it."""
+async def counselor_answers(
+    base: str,
+    text: str,
+    *,
+    read: Callable[[], Awaitable[None]],
+    typing: Callable[[], Awaitable[None]],
+) -> None:
+    """As the demo counselor: take the next case of the queue (``read`` waits for the 既読 that
+    opening it brings), start writing (``typing`` waits for the loading animation) and answer."""
     counselor = ConsoleClient(base)
     try:
         queue = await counselor.sign_in(COUNSELOR)
@@ -334,11 +401,19 @@ async def counselor_answers(base: str, text: str) -> None:
             return False
 
         await wait_for(claimed, "a case in the counselor's queue")
-        action = re.search(r'action="(/cases/[^"/]+/reply)"', queue)
+        action = re.search(r'action="(/cases/[^"/]+)/reply"', queue)
         if action is None:
             raise DemoError("no reply form on the case page")
+        case_path = action.group(1)
+        await read()
+        # What the case page's typing.js sends on the first keys pressed in the reply box.
+        headers = {"X-CSRF-Token": _field(CSRF, queue, "CSRF token")}
+        async with counselor.http.post(f"{base}{case_path}/typing", headers=headers) as response:
+            if response.status != 200:
+                raise DemoError(f"console POST {case_path}/typing answered {response.status}")
+        await typing()
         path, _ = await counselor.post(
-            action.group(1),
+            f"{case_path}/reply",
             queue,
             {"text": text, "command_id": _field(COMMAND_ID, queue, "command id")},
         )
@@ -396,9 +471,7 @@ async def triage_sees_open(stack: Stack) -> None:
     await wait_for(accepting, "triage to see the new hours")
 
 
-async def play(
-    stack: Stack, line: FakeLineServer, webhook: str, console_url: str, hours: dict[str, Any]
-) -> Transcript:
+async def play(stack: Stack, line: FakeLineServer, webhook: str, console_url: str) -> Transcript:
     user = new_user_id()
     t = Transcript()
 
@@ -419,7 +492,7 @@ async def play(
     await say(URGENT_TEXT, lambda: line.webhook.text(user, URGENT_TEXT, url=webhook))
 
     t.note("管理者がコンソールで今日の受付時間を設定しました（今日は受付中）")
-    await open_today(console_url, hours)
+    await open_today(console_url)
     await triage_sees_open(stack)
     await say(
         "（メニュー: 相談できる時間）",
@@ -430,7 +503,23 @@ async def play(
     )
     t.note("相談員がコンソールにログインして、相談を担当し、返信します")
     before = len(line.fake.texts(user))
-    await counselor_answers(console_url, COUNSELOR_REPLY)
+
+    async def read() -> None:
+        async def all_read() -> bool:
+            sent = line.fake.sent_by(user)
+            return bool(sent) and all(m.read_at is not None for m in sent)
+
+        await wait_for(all_read, "既読 at the fake LINE platform")
+        t.note(READ_NOTE)
+
+    async def typing() -> None:
+        async def shown() -> bool:
+            return line.fake.loading_shown(user)
+
+        await wait_for(shown, "the loading animation at the fake LINE platform")
+        t.note(TYPING_NOTE)
+
+    await counselor_answers(console_url, COUNSELOR_REPLY, read=read, typing=typing)
     t.received(await received_after(line, user, before))
     return t
 
@@ -444,16 +533,26 @@ def signin_help(console_url: str) -> str:
             f"コンソール: {console_url}/login",
             f"  相談員   {COUNSELOR.email} / {COUNSELOR.password}",
             f"  管理者   {ADMIN.email} / {ADMIN.password}",
-            "（デモのデータはこのプロセスの中だけにあり、終了すると消えます）",
         ]
     )
 
 
-async def run(*, once: bool, host: str, free_ports: bool) -> int:
+async def forget_the_earlier_runs_hours(mongodb_url: str) -> None:
+    """An earlier run on kept data opened today in the console: take that edit back, so the
+    service starts closed as the script expects."""
+    store = await open_store(mongodb_url)
+    try:
+        await delete_override(store.db, "hours")
+    finally:
+        await store.close()
+
+
+async def run(*, once: bool, host: str, free_ports: bool, mongodb_url: str) -> int:
     ports = {name: free_port() if free_ports else port for name, port in DEFAULT_PORTS.items()}
     with tempfile.TemporaryDirectory(prefix="soudan-demo-") as tmp:
-        hours = prepare_config(Path(tmp))
-        os.environ.update(demo_environment(Path(tmp), ports))
+        prepare_config(Path(tmp))
+        os.environ.update(demo_environment(Path(tmp), ports, mongodb_url))
+        await forget_the_earlier_runs_hours(mongodb_url)
         local = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
         console_url = f"http://{local}:{ports['console']}"
         async with running_fakeline(CHANNEL_SECRET, [ACCESS_TOKEN]) as line:
@@ -463,7 +562,7 @@ async def run(*, once: bool, host: str, free_ports: bool) -> int:
                 await ready([f"http://{local}:{port}" for port in ports.values()])
                 await create_accounts(stack)
                 transcript = await play(
-                    stack, line, f"http://{local}:{ports['ingress']}/webhook", console_url, hours
+                    stack, line, f"http://{local}:{ports['ingress']}/webhook", console_url
                 )
                 print("\n=== デモの会話（生徒のLINE） ===")
                 print(transcript.render())
@@ -501,13 +600,32 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="listen on free ports instead of 8080-8084",
     )
+    parser.add_argument(
+        "--fresh", action="store_true", help="start the demo's SecantusDB data directory empty"
+    )
     args = parser.parse_args(argv)
+    url = os.environ.get("MONGODB_URL")
+    if url and not is_memory_url(url):
+        parser.error(
+            "the demo makes accounts whose passwords it prints: it never runs on MONGODB_URL's "
+            "database. Unset MONGODB_URL (a SecantusDB child process) or set it to memory://"
+        )
     try:
-        code = asyncio.run(run(once=args.once, host=args.host, free_ports=args.free_ports))
+        server = development_store("soudan-demo", fresh=args.fresh, name="demo")
+    except RuntimeError as exc:
+        parser.error(str(exc))
+    url = f"{server.url}soudan" if server is not None else MEMORY_URL
+    try:
+        code = asyncio.run(
+            run(once=args.once, host=args.host, free_ports=args.free_ports, mongodb_url=url)
+        )
     except DemoError as exc:
         sys.exit(f"soudan-demo: {exc}")
     except OSError as exc:
         sys.exit(f"soudan-demo: {exc} (is a port of 8080-8084 taken? try --free-ports)")
     except KeyboardInterrupt:
         code = 0
+    finally:
+        if server is not None:
+            server.stop()
     raise SystemExit(code)

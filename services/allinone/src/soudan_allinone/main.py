@@ -11,9 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import shutil
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -28,6 +32,8 @@ from soudan_reporting.app import create_app as create_reporting
 from soudan_reporting.settings import ReportingSettings
 from soudan_shared.runtime import setup_logging, start_site
 from soudan_shared.settings import BaseServiceSettings, load_settings
+from soudan_shared.store import MEMORY_URL
+from soudan_shared.testing.secantus import SecantusServer, start_secantus
 from soudan_triage.app import create_app as create_triage
 from soudan_triage.settings import TriageSettings
 
@@ -81,8 +87,54 @@ def main(argv: list[str] | None = None) -> None:
         "--only",
         help="comma-separated subset of services to run (default: all five)",
     )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="without MONGODB_URL: start the SecantusDB data directory empty",
+    )
     args = parser.parse_args(argv)
     only = set(args.only.split(",")) if args.only else None
     if only and not only <= {e.name for e in SERVICES}:
         parser.error(f"unknown service in --only: {', '.join(sorted(only))}")
-    asyncio.run(run(args.host, only))
+    try:
+        server = development_store("soudan-all", fresh=args.fresh)
+    except RuntimeError as exc:
+        parser.error(str(exc))
+    if server is not None:
+        os.environ["MONGODB_URL"] = f"{server.url}soudan"
+    try:
+        asyncio.run(run(args.host, only))
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def development_store(prog: str, *, fresh: bool, name: str = "secantus") -> SecantusServer | None:
+    """Without ``MONGODB_URL``, a SecantusDB child process (its data kept across restarts in
+    ``SOUDAN_DATA_DIR``, default ~/.local/share/soudan/<name>; ``fresh`` empties it first).
+    Says loudly which store is in use either way."""
+    url = os.environ.get("MONGODB_URL")
+    if url == MEMORY_URL or (url and url.startswith("memory:")):
+        print(
+            f"{prog}: store: IN-PROCESS FAKE (mongomock, lost at exit); NOT MongoDB. "
+            "Real consultations need MongoDB (MONGODB_URL=mongodb://…).",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    if url:
+        return None
+    data_dir = Path(
+        os.environ.get("SOUDAN_DATA_DIR", Path.home() / ".local" / "share" / "soudan" / name)
+    )
+    if fresh:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    server = start_secantus(data_dir, test_commands=False)
+    print(
+        f"{prog}: store: SecantusDB child process on 127.0.0.1:{server.port}, data in {data_dir} "
+        "(kept across restarts; --fresh starts empty). NOT MongoDB: for development and the "
+        "demo only. Real consultations need MongoDB (MONGODB_URL=mongodb://…).",
+        file=sys.stderr,
+        flush=True,
+    )
+    return server
