@@ -543,11 +543,15 @@ async def test_a_triage_killed_after_storing_before_the_ack_adds_nothing_twice_o
     # nothing the ledger waits for), so wait for it rather than race it.
     for point in points:
         assert point.killed is not None, point
-        await wait_until(
-            lambda event=point.killed: students.ledger.consumed[event] >= 2,
-            timeout=30,
-            message=f"{point} redelivered to a fresh instance",
-        )
+        try:
+            await wait_until(
+                lambda event=point.killed: students.ledger.consumed[event] >= 2,
+                timeout=30,
+                message=f"{point} redelivered to a fresh instance",
+            )
+        except AssertionError as exc:
+            seen = await asyncio.to_thread(broker.describe)
+            raise AssertionError(f"{exc}\nthe broker's view:\n{seen}") from None
     assert students.ledger.redeliveries >= 2
     await students.count_effects()
     print(students.ledger.summary(), f"refused_by_the_dead={killer.refused}")

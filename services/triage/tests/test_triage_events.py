@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from soudan_shared import fact_types as F
@@ -354,7 +355,7 @@ async def test_an_urgent_case_is_served_before_older_normal_cases(
     assert [c["user_id"] for c in queue] == [urgent, older_calm, calm]
 
 
-@pytest.mark.timeout(200)  # 601 events on a real (Python) engine under load: a cap, not a target
+@pytest.mark.timeout(200)  # a real (Python) engine handles a few events a second: a cap
 async def test_an_urgent_text_behind_a_backlog_is_handled_ahead_of_it(
     start_triage: StartTriage, line: Line, make_bus: Callable[..., Bus]
 ) -> None:
@@ -369,13 +370,15 @@ async def test_an_urgent_text_behind_a_backlog_is_handled_ahead_of_it(
     await ingress.publish(urgent)
 
     running = await start_triage()
+    events = running.store.db[TRIAGE_EVENTS]
 
-    async def all_done() -> bool:
-        return await running.store.db[TRIAGE_EVENTS].count_documents({"state": "done"}) == 601
+    async def urgent_done() -> dict[str, Any] | None:
+        return await events.find_one({"_id": urgent.webhook_event_id, "state": "done"})
 
-    await wait_until(all_done, timeout=180, message="the backlog handled")
-    done = {d["_id"]: d["done_at"] for d in await running.store.db[TRIAGE_EVENTS].find().to_list()}
-    rank = sum(1 for at in done.values() if at < done[urgent.webhook_event_id])
+    # Waiting for the urgent one only (not for the 600): on a slow engine the backlog takes
+    # minutes, and what the student would notice is how many went before them.
+    handled = await wait_until(urgent_done, timeout=180, message="the urgent text handled")
+    rank = await events.count_documents({"state": "done", "done_at": {"$lt": handled["done_at"]}})
     assert rank < 200, f"the urgent text was handled after {rank} others"
     (case,) = await _cases(running, urgent.user_id or "")
     assert case.urgent

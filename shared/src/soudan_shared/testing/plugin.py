@@ -243,16 +243,41 @@ class BrokerControl:
         scope = ["--vhost", self.vhost] if self.vhost else []
         self._rabbitmqctl("close_all_connections", *scope, "soudan fault test")
 
-    def _rabbitmqctl(self, *args: str) -> None:
+    def describe(self) -> str:
+        """The broker's view of this control's virtual host (queues with their ready and
+        unacknowledged counts and consumers, the consumers, the connections), for a failure's
+        message: what a test that waits on a delivery saw on the other side."""
+        scope = ["-p", self.vhost or "/"]
+        parts = []
+        for args in (
+            (
+                "list_queues",
+                *scope,
+                "name",
+                "messages_ready",
+                "messages_unacknowledged",
+                "consumers",
+            ),
+            ("list_consumers", *scope, "queue_name", "channel_pid", "consumer_tag", "active"),
+            ("list_connections", "vhost", "name", "state", "channels"),
+        ):
+            try:
+                parts.append(f"$ rabbitmqctl {' '.join(args)}\n{self._rabbitmqctl(*args, '-q')}")
+            except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
+                parts.append(f"rabbitmqctl {args[0]} failed: {exc}")
+        return "\n".join(parts)
+
+    def _rabbitmqctl(self, *args: str) -> str:
         command = ["rabbitmqctl", *args]
         if self._container is not None:
             code, out = self._container.exec(command)
             if code != 0:
                 raise RuntimeError(f"rabbitmqctl {args[0]} failed in the container: {out!r}")
-            return
+            return out.decode(errors="replace") if isinstance(out, bytes) else str(out)
         if shutil.which("rabbitmqctl") is None:
             raise RuntimeError(f"rabbitmqctl is not on PATH; cannot run rabbitmqctl {args[0]}")
-        subprocess.run(command, check=True, capture_output=True, timeout=60)  # noqa: S603
+        done = subprocess.run(command, check=True, capture_output=True, timeout=60)  # noqa: S603
+        return done.stdout.decode(errors="replace")
 
 
 @pytest.fixture(scope="session")
