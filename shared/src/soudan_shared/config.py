@@ -778,16 +778,41 @@ class Category(_Model):
     label: Label
 
 
+DEFAULT_GRADES = tuple(
+    Category(key=key, label=label)
+    for key, label in (
+        ("jh1", "中1"),
+        ("jh2", "中2"),
+        ("jh3", "中3"),
+        ("sh1", "高1"),
+        ("sh2", "高2"),
+        ("sh3", "高3"),
+        ("other", "その他"),
+    )
+)
+DEFAULT_GENDERS = tuple(
+    Category(key=key, label=label)
+    for key, label in (("male", "男性"), ("female", "女性"), ("other", "その他・答えない"))
+)
+UNKNOWN_LABEL = "不明"  # an attribute the counselor left unrecorded at the close
+
+
 class CategoriesConfig(_Model):
-    """``categories.yaml``: the categories a counselor chooses from when closing a case."""
+    """``categories.yaml``: what a counselor records when closing a case, all reported monthly:
+    one or more ``categories``, and (optional, 不明 when left empty) the student's ``grades``
+    (学年) and ``genders`` (性別) as the board counts them."""
 
     categories: Annotated[tuple[Category, ...], Field(min_length=1)]
+    grades: Annotated[tuple[Category, ...], Field(min_length=1)] = DEFAULT_GRADES
+    genders: Annotated[tuple[Category, ...], Field(min_length=1)] = DEFAULT_GENDERS
 
-    @field_validator("categories")
+    @field_validator("categories", "grades", "genders")
     @classmethod
     def _unique_categories(cls, categories: tuple[Category, ...]) -> tuple[Category, ...]:
         _unique([c.key for c in categories], "key")
         _unique([c.label for c in categories], "label")
+        if UNKNOWN_LABEL in {c.label for c in categories}:
+            raise ValueError(f"「{UNKNOWN_LABEL}」は記録しなかったときの名前なので、使えません")
         return categories
 
 

@@ -95,7 +95,10 @@ CASE_NOTE_ADDED: Final = "case.note_added"  # {case_id, staff_id}
 REPLY_REQUESTED: Final = "reply.requested"  # {case_id, staff_id, command_id, messages: n}
 REPLY_RETRIED: Final = "reply.retried"  # {case_id, staff_id, command_id}: a failed reply sent again
 CASE_CLOSED: Final = "case.closed"
-# {case_id, staff_id, category, outcome, opened_at, duration_seconds, urgent, out_of_scope}
+# {case_id, staff_id, categories: [key, ...], category (the first, for readers of older facts),
+#  grade (key | None: 不明), gender (key | None), handed_over (bool), outcome, opened_at,
+#  duration_seconds, urgent, out_of_scope}. Facts before 2026-12 carry ``category`` only (read
+#  as ``categories: [category]``), and no grade, gender or handed_over (不明, not handed over).
 # outcome: resolved (助言して終了) | continuing (見守り・継続) | referred (関係機関につないだ) |
 #          no_response (返事がなくなった) | other
 EMERGENCY_RAISED: Final = "emergency.raised"  # {emergency_id, case_id, type, staff_id}

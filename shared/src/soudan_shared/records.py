@@ -18,7 +18,7 @@ import hashlib
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
@@ -121,7 +121,12 @@ class Case(Record):
     flagged_urgent_at: UtcDatetime | None = None
     closed_at: UtcDatetime | None = None
     closed_by: str | None = None
-    category: str | None = None
+    #: recorded at the close (categories.yaml keys): one or more categories; the student's
+    #: grade and gender (None: 不明, not recorded); handed over to a phone line or other service
+    categories: list[str] = Field(default_factory=list)
+    grade: str | None = None
+    gender: str | None = None
+    handed_over: bool = False
     outcome: str | None = None
     congestion_replied: bool = False
     #: when triage told the waiting student how long it may take (``wait_notice``), once
@@ -132,6 +137,15 @@ class Case(Record):
     checkin: CaseCheckin | None = None
     #: the student blocked the account while the case was urgent or had an open emergency
     departure: CaseDeparture | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upcast_category(cls, data: Any) -> Any:
+        """Cases closed before several categories existed hold one ``category``: the one place
+        that reads it, as a list of one."""
+        if isinstance(data, dict) and "categories" not in data and data.get("category"):
+            data = {**data, "categories": [data["category"]]}
+        return data
 
     @property
     def risk_categories(self) -> list[str]:
