@@ -112,8 +112,9 @@ async def seed(running: RunningConsole) -> tuple[str, str, str]:
         state="closed",
         texts=("クラスの子に悪口を言われた",),
         waited=timedelta(days=12),
-        category="bullying",
+        categories=["bullying", "friendships"],
         outcome="continuing",
+        grade="jh2",
     )
     case = await seed_case(
         store,
