@@ -61,7 +61,7 @@ async def _talk_and_close(stack: Stack, user: str, *, close_at: datetime | None 
         if close_at is not None:
             stack.at(close_at)
         _, where, _ = await session.post(
-            f"/cases/{case['_id']}/close", {"category": "friendships", "outcome": "resolved"}
+            f"/cases/{case['_id']}/close", {"categories": ["friendships"], "outcome": "resolved"}
         )
         assert where.startswith("/queue")
     finally:

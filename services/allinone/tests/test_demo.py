@@ -11,6 +11,7 @@ from typing import Any
 import pymongo
 import pytest
 from soudan_allinone.demo import (
+    CLOSE_NOTE,
     COUNSELOR,
     COUNSELOR_REPLY,
     READ_NOTE,
@@ -110,5 +111,15 @@ def assert_the_whole_conversation(out: str) -> None:
     assert out.count(COUNSELOR_REPLY) == 1  # the student got the answer, once
     # The counselor's reading shows 既読, then writing shows 入力中…, before the answer comes.
     assert opened < out.index(READ_NOTE) < out.index(TYPING_NOTE) < out.index(COUNSELOR_REPLY)
+    # Then the counselor closes the case: the check-in question comes with its answers as
+    # buttons, the student taps the first and gets its thanks.
+    question = messages.checkin.question.strip().splitlines()
+    first = messages.checkin.choices[0]
+    answers = " / ".join(choice.label for choice in messages.checkin.choices)
+    closed = out.index(CLOSE_NOTE)
+    assert out.index(COUNSELOR_REPLY) < closed < out.index(question[0]) < out.index(answers)
+    tapped = out.index(f"生徒 →  （ボタン: {first.label}）")
+    assert out.index(answers) < tapped < out.index(first.reply.strip().splitlines()[0], tapped)
+    assert out.count(question[0]) == 1  # asked once
     assert f"{COUNSELOR.email} / {COUNSELOR.password}" in out
     assert "/login" in out

@@ -158,7 +158,7 @@ async def test_in_hours_the_urgent_case_tops_the_queue_and_a_counselor_answers_a
         )
         assert texts == ["話してくれてありがとう。相談員の佐藤です。"]
         status, where, _ = await session.post(
-            f"/cases/{case_id}/close", {"category": "bullying", "outcome": "resolved"}
+            f"/cases/{case_id}/close", {"categories": ["bullying"], "outcome": "resolved"}
         )
         assert where.startswith("/queue")
     finally:

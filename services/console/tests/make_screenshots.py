@@ -112,8 +112,9 @@ async def seed(running: RunningConsole) -> tuple[str, str, str]:
         state="closed",
         texts=("クラスの子に悪口を言われた",),
         waited=timedelta(days=12),
-        category="bullying",
+        categories=["bullying", "friendships"],
         outcome="continuing",
+        grade="jh2",
     )
     case = await seed_case(
         store,
@@ -137,7 +138,7 @@ async def seed(running: RunningConsole) -> tuple[str, str, str]:
             "こんばんは。また話しに来てくれてありがとう。",
             "今日はどんなことを言われたのか、よかったら教えてね。",
         ],
-        "demo-reply-1",
+        await case_ops.issue_reply_form(staff, claimed, sato),
     )
     await case_ops.add_note(
         staff, claimed, sato, "前回（12日前）も同じグループからの悪口。学校名はまだ聞いていない。"

@@ -883,7 +883,7 @@ async def test_release_transfer_note_and_close_are_facts(
         F.CASE_TRANSFERRED, case_id=case.id, from_staff_id=first.id, to_staff_id=second.id
     )
     status, _, _ = await c.post(
-        f"/cases/{case.id}/close", {"category": "bullying", "outcome": "resolved"}
+        f"/cases/{case.id}/close", {"categories": ["bullying"], "outcome": "resolved"}
     )
     assert status == 403  # no longer the first counselor's case
     d = client()
@@ -891,14 +891,149 @@ async def test_release_transfer_note_and_close_are_facts(
     _, _, page = await d.get(f"/cases/{case.id}")
     assert "学校名は言いたくないとのこと" in page
     await running.wait_fact(F.CASE_VIEWED, case_id=case.id, staff_id=second.id)
-    await d.post(f"/cases/{case.id}/close", {"category": "bullying", "outcome": "resolved"})
+    await d.post(f"/cases/{case.id}/close", {"categories": ["bullying"], "outcome": "resolved"})
     closed = await running.wait_fact(F.CASE_CLOSED, case_id=case.id)
+    assert closed.data["categories"] == ["bullying"]
     assert closed.data["category"] == "bullying"
     assert closed.data["outcome"] == "resolved"
     assert closed.data["staff_id"] == second.id
     assert closed.data["duration_seconds"] >= 60
     doc = await running.store.db[CASES].find_one({"_id": case.id})
     assert doc["state"] == "closed"
+
+
+async def _closed_by_a_counselor(
+    running: RunningConsole, client: Callable[[], Browserless], form: dict[str, Any]
+) -> tuple[str, tuple[int, str, str]]:
+    """A counselor's active case closed with ``form``: its id and the close's answer."""
+    counselor = await running.add_staff("counselor")
+    case = await seed_case(running.store, state="active", claimed_by=counselor.id)
+    c = client()
+    await c.login(counselor.email)
+    await c.get(f"/cases/{case.id}")
+    return case.id, await c.post(f"/cases/{case.id}/close", form)
+
+
+async def test_a_close_records_several_categories_the_grade_gender_and_hand_over(
+    running: RunningConsole, client: Callable[[], Browserless]
+) -> None:
+    case_id, (_, where, _) = await _closed_by_a_counselor(
+        running,
+        client,
+        {
+            "categories": ["family", "bullying"],
+            "outcome": "referred",
+            "grade": "sh1",
+            "gender": "female",
+            "handed_over": "1",
+        },
+    )
+    assert where.startswith("/queue")
+    doc = await running.store.db[CASES].find_one({"_id": case_id})
+    assert doc["categories"] == ["bullying", "family"]  # in the configuration's order
+    assert (doc["grade"], doc["gender"], doc["handed_over"]) == ("sh1", "female", True)
+    assert "category" not in doc
+    closed = await running.wait_fact(F.CASE_CLOSED, case_id=case_id)
+    assert closed.data["categories"] == ["bullying", "family"]
+    assert closed.data["category"] == "bullying"  # the first, for readers of older facts
+    assert closed.data["grade"] == "sh1"
+    assert closed.data["gender"] == "female"
+    assert closed.data["handed_over"] is True
+    assert closed.data["outcome"] == "referred"
+
+
+async def test_a_close_with_nothing_optional_records_grade_and_gender_as_unknown(
+    running: RunningConsole, client: Callable[[], Browserless]
+) -> None:
+    case_id, (_, where, _) = await _closed_by_a_counselor(
+        running,
+        client,
+        {"categories": ["career"], "outcome": "resolved", "grade": "", "gender": ""},
+    )
+    assert where.startswith("/queue")
+    doc = await running.store.db[CASES].find_one({"_id": case_id})
+    assert (doc["categories"], doc["grade"], doc["gender"]) == (["career"], None, None)
+    assert doc["handed_over"] is False
+    closed = await running.wait_fact(F.CASE_CLOSED, case_id=case_id)
+    assert closed.data["grade"] is None
+    assert closed.data["gender"] is None
+    assert closed.data["handed_over"] is False
+
+
+@pytest.mark.parametrize(
+    ("form", "message"),
+    [
+        ({"outcome": "resolved"}, "分類を1つ以上選んでから終了してください。"),
+        ({"categories": ["bullying", "gossip"]}, "設定にない分類が送られました。"),
+        ({"categories": ["bullying"], "grade": "jh4"}, "設定にない学年が送られました。"),
+        ({"categories": ["bullying"], "gender": "unknown"}, "設定にない性別が送られました。"),
+        ({"categories": ["bullying"], "outcome": ""}, "結果を選んでから終了してください。"),
+    ],
+)
+async def test_a_close_missing_a_category_or_naming_an_unknown_key_is_refused_and_stores_nothing(
+    running: RunningConsole,
+    client: Callable[[], Browserless],
+    form: dict[str, Any],
+    message: str,
+) -> None:
+    case_id, (status, _, page) = await _closed_by_a_counselor(
+        running, client, {"outcome": "resolved", **form}
+    )
+    assert status == 400
+    assert message in page
+    doc = await running.store.db[CASES].find_one({"_id": case_id})
+    assert doc["state"] == "active"
+    assert doc.get("categories", []) == []
+    assert all(f.data["case_id"] != case_id for f in running.facts_of(F.CASE_CLOSED))
+
+
+async def test_a_case_closed_before_several_categories_shows_its_one_category(
+    running: RunningConsole, client: Callable[[], Browserless], store: Store
+) -> None:
+    supervisor = await running.add_staff("supervisor")
+    old = await seed_case(store, state="closed", waited=timedelta(days=30), texts=("前の話",))
+    # the document as the console wrote it before issue 16: one category, nothing else
+    await store.db[CASES].update_one(
+        {"_id": old.id},
+        {
+            "$set": {"category": "non_attendance", "outcome": "continuing", "closed_at": utcnow()},
+            "$unset": {"categories": "", "grade": "", "gender": "", "handed_over": ""},
+        },
+    )
+    case = await seed_case(store, user_id=old.user_id, texts=("また来ました",))
+    c = client()
+    await c.login(supervisor.email)
+    _, _, page = await c.get(f"/cases/{case.id}")
+    earlier = page.split('class="earlier"')[1].split("</summary>")[0]
+    assert "不登校・見守り・また相談してくれるよう伝えた" in earlier
+    _, _, old_page = await c.get(f"/cases/{old.id}")
+    record = old_page.split('id="close-record">')[1].split("</span>")[0]
+    assert "分類 不登校" in record
+    assert "学年 不明" in record
+    assert "性別 不明" in record
+    assert "他の窓口" not in record
+
+
+async def test_an_earlier_case_shows_every_category_and_the_attributes_recorded(
+    running: RunningConsole, client: Callable[[], Browserless], store: Store
+) -> None:
+    counselor = await running.add_staff("counselor")
+    old = await seed_case(
+        store,
+        state="closed",
+        waited=timedelta(days=7),
+        categories=["friendships", "health"],
+        outcome="referred",
+        grade="jh3",
+        handed_over=True,
+    )
+    case = await seed_case(store, user_id=old.user_id, state="active", claimed_by=counselor.id)
+    c = client()
+    await c.login(counselor.email)
+    _, _, page = await c.get(f"/cases/{case.id}")
+    earlier = page.split('class="earlier"')[1].split("</summary>")[0]
+    assert "友人関係、心身の健康・関係機関につないだ・中3・他の窓口につないだ" in earlier
+    assert "不明" not in earlier  # the gender was not recorded: not shown in the summary
 
 
 async def test_a_counselor_cannot_open_another_counselors_case(

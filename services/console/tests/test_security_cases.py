@@ -113,7 +113,7 @@ async def test_every_case_action_is_taken_exactly_when_the_case_page_offers_it(
             "reply": {"text": "こんにちは", "command_id": found.group(1) if found else "x"},
             "notes": {"note": "様子を見る"},
             "transfer": {"to": colleague.id},
-            "close": {"category": "bullying", "outcome": "resolved"},
+            "close": {"categories": ["bullying"], "outcome": "resolved"},
             "emergency": {"type": "other"},
         }.get(action, {})
         status, path, _ = await c.post(f"/cases/{case.id}/{action}", data)

@@ -19,12 +19,18 @@ RabbitMQ at ``RABBITMQ_URL`` (default ``amqp://guest:guest@127.0.0.1:5672/``, na
    student's messages show 既読 at the fake platform; the counselor starts writing (the page's
    typing call, as ``typing.js`` makes it) and the student's chat shows LINE's loading animation
    ("入力中…"); the answer, sent through the case page's reply form (CSRF token and all),
-   reaches the student and ends the animation.
+   reaches the student and ends the animation;
+8. the counselor closes the case through the case page's close form (two categories, 学年, the
+   rest left 不明), and triage's timers send the student the check-in question
+   (``messages.yaml`` → ``checkin``) with its answers as buttons;
+9. the student taps the first answer (the check-in's thanks comes back).
 
 How "closed, then open" is made: the demo runs with a copy of the configuration directory
 (``SOUDAN_CONFIG_DIR``, default ``deploy/config``) in a temporary directory, whose ``hours.yaml``
 has a special day closing today (Asia/Tokyo). In step 5 the admin gives that special day the hours
 00:00-23:59 in the console's hours form and saves, exactly as a person would. Nothing fakes a clock.
+The copy also has no check-in quiet hours (so the check-in of step 8 goes at any time of day, the
+transcript says so) and triage sweeps its timers every second (``TRIAGE_TIMERS_INTERVAL``).
 
 Run again on kept data, the demo starts the same way: a new student each run, the console's
 stored hours edit of the earlier run removed before the services start (so today is closed again),
@@ -113,7 +119,19 @@ COUNSELOR_REPLY = (
 )
 
 
+#: what the demo counselor records at the close (categories.yaml keys)
+CLOSE_FORM: dict[str, str | list[str]] = {
+    "categories": ["friendships", "school_life"],
+    "outcome": "resolved",
+    "grade": "jh2",
+    "gender": "",
+}
+
 READ_NOTE = "生徒のメッセージに「既読」がつきました（相談員が読みました）"
+CLOSE_NOTE = (
+    "相談員が相談を終えました（分類・学年を記録）。終わったあとの問いかけが届きます"
+    "（デモ用の設定で、寝ている時間にも送ります）"
+)
 TYPING_NOTE = "生徒のトークに「入力中…」が出ています（相談員が返信を書いています）"
 
 
@@ -180,6 +198,18 @@ def prepare_config(target: Path) -> None:
     (target / "hours.yaml").write_text(
         yaml.safe_dump(closed, allow_unicode=True, sort_keys=False), encoding="utf-8"
     )
+    messages = yaml.safe_load((source / "messages.yaml").read_text(encoding="utf-8"))
+    (target / "messages.yaml").write_text(
+        yaml.safe_dump(without_quiet_hours(messages), allow_unicode=True, sort_keys=False),
+        encoding="utf-8",
+    )
+
+
+def without_quiet_hours(messages: dict[str, Any]) -> dict[str, Any]:
+    """``messages`` (the messages.yaml mapping) with the check-in's quiet hours empty (start
+    equal to end), so the demo's close gets its check-in whatever the time of day."""
+    checkin = {**(messages.get("checkin") or {}), "quiet_hours": {"start": "00:00", "end": "00:00"}}
+    return {**messages, "checkin": checkin}
 
 
 def demo_environment(config_dir: Path, ports: dict[str, int], mongodb_url: str) -> dict[str, str]:
@@ -195,6 +225,7 @@ def demo_environment(config_dir: Path, ports: dict[str, int], mongodb_url: str) 
         "CONSOLE_DEVELOPMENT": "true",  # plain http on localhost: no Secure flag on the cookie
         "CONSOLE_SESSION_SECRET": secrets.token_hex(32),
         "BROADCAST_SCHEDULE": "false",
+        "TRIAGE_TIMERS_INTERVAL": "1",  # the check-in after the close comes within a second
     }
     env.update({f"{name.upper()}_PORT": str(port) for name, port in ports.items()})
     return env
@@ -303,8 +334,14 @@ class ConsoleClient:
                 raise DemoError(f"console GET {path} answered {response.status}")
             return response.url.path, await response.text()
 
-    async def post(self, path: str, html: str, data: dict[str, str]) -> tuple[str, str]:
-        form = {"csrf_token": _field(CSRF, html, "CSRF token"), **data}
+    async def post(self, path: str, html: str, data: dict[str, str | list[str]]) -> tuple[str, str]:
+        """POST a form with the page's CSRF token; a list is the field repeated (checkboxes)."""
+        fields = {"csrf_token": _field(CSRF, html, "CSRF token"), **data}
+        form = [
+            (name, item)
+            for name, value in fields.items()
+            for item in (value if isinstance(value, list) else [value])
+        ]
         async with self.http.post(self.base + path, data=form) as response:
             if response.status != 200:
                 raise DemoError(f"console POST {path} answered {response.status}")
@@ -384,9 +421,12 @@ async def counselor_answers(
     *,
     read: Callable[[], Awaitable[None]],
     typing: Callable[[], Awaitable[None]],
+    answered: Callable[[], Awaitable[None]],
 ) -> None:
     """As the demo counselor: take the next case of the queue (``read`` waits for the 既読 that
-    opening it brings), start writing (``typing`` waits for the loading animation) and answer."""
+    opening it brings), start writing (``typing`` waits for the loading animation), answer
+    (``answered`` waits for the answer at the student's) and close the case with
+    :data:`CLOSE_FORM`."""
     counselor = ConsoleClient(base)
     try:
         queue = await counselor.sign_in(COUNSELOR)
@@ -419,6 +459,13 @@ async def counselor_answers(
         )
         if not path.startswith("/cases/"):
             raise DemoError("the console did not take the counselor's reply")
+        await answered()
+        _, page = await counselor.page(case_path)
+        if f'action="{case_path}/close"' not in page:
+            raise DemoError("no close form on the case page")
+        path, _ = await counselor.post(f"{case_path}/close", page, CLOSE_FORM)
+        if not path.startswith("/queue"):
+            raise DemoError("the console did not close the case")
     finally:
         await counselor.close()
 
@@ -454,6 +501,18 @@ def school_type_choice(line: FakeLineServer, user_id: str) -> tuple[str, str]:
             action = choices[0]
             return str(action["data"]), str(action.get("label") or action["data"])
     raise DemoError("the greeting had no school-type question")
+
+
+def checkin_choices(line: FakeLineServer, user_id: str) -> list[tuple[str, str]]:
+    """The postback data and label of each check-in answer, from the last message offering
+    them (the check-in question's quick replies)."""
+    for delivery in reversed(line.fake.received(user_id)):
+        items = (delivery.message.get("quickReply") or {}).get("items", [])
+        actions = [i.get("action", {}) for i in items]
+        choices = [a for a in actions if str(a.get("data", "")).startswith("checkin=")]
+        if choices:
+            return [(str(a["data"]), str(a.get("label") or a["data"])) for a in choices]
+    raise DemoError("the check-in question came without its answers")
 
 
 async def triage_sees_open(stack: Stack) -> None:
@@ -519,8 +578,20 @@ async def play(stack: Stack, line: FakeLineServer, webhook: str, console_url: st
         await wait_for(shown, "the loading animation at the fake LINE platform")
         t.note(TYPING_NOTE)
 
-    await counselor_answers(console_url, COUNSELOR_REPLY, read=read, typing=typing)
+    async def answered() -> None:
+        nonlocal before
+        t.received(await received_after(line, user, before))
+        before = len(line.fake.texts(user))
+
+    await counselor_answers(
+        console_url, COUNSELOR_REPLY, read=read, typing=typing, answered=answered
+    )
+    t.note(CLOSE_NOTE)
     t.received(await received_after(line, user, before))
+    choices = checkin_choices(line, user)
+    t.note("ボタン: " + " / ".join(label for _, label in choices))
+    data, label = choices[0]
+    await say(f"（ボタン: {label}）", lambda: line.webhook.postback(user, data, url=webhook))
     return t
 
 

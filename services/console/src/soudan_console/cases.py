@@ -14,6 +14,7 @@ from typing import Any
 from pymongo import ReturnDocument
 from soudan_shared import fact_types as F
 from soudan_shared.bus import PublishFailed
+from soudan_shared.config import CategoriesConfig
 from soudan_shared.contracts import MAX_MESSAGES_PER_REQUEST, SendText, new_id, utcnow
 from soudan_shared.records import (
     CASES,
@@ -32,6 +33,7 @@ from soudan_console.domain import (
     CASE_ROLES,
     EMERGENCIES,
     NOTES,
+    OUTCOMES,
     REPLY_FORMS,
     Emergency,
     Note,
@@ -347,7 +349,52 @@ async def _checkin_at_close(console: Console, case: Case) -> CaseCheckin | None:
     return CaseCheckin(state="pending")
 
 
-async def close(console: Console, case: Case, staff: Staff, *, category: str, outcome: str) -> bool:
+@dataclass(frozen=True)
+class CloseRecord:
+    """What the counselor records at the close, every key one of ``categories.yaml``'s:
+    one or more categories, the outcome, and the student's grade and gender (None: 不明) and
+    whether the counselor put the student in touch with a phone line or another service."""
+
+    categories: tuple[str, ...]
+    outcome: str
+    grade: str | None = None
+    gender: str | None = None
+    handed_over: bool = False
+
+
+def close_record(
+    config: CategoriesConfig,
+    *,
+    categories: list[str],
+    outcome: str,
+    grade: str = "",
+    gender: str = "",
+    handed_over: bool = False,
+) -> CloseRecord:
+    """The close form's choices checked against the configuration (CaseError in Japanese for
+    a missing or unknown one); the categories in the configuration's order, each once."""
+    known = [c.key for c in config.categories]
+    reload = "ページを読み込み直して、選び直してください。"
+    if not categories:
+        raise CaseError("分類を1つ以上選んでから終了してください。")
+    if any(key not in known for key in categories):
+        raise CaseError(f"設定にない分類が送られました。{reload}")
+    if outcome not in OUTCOMES:
+        raise CaseError("結果を選んでから終了してください。")
+    if grade and grade not in {c.key for c in config.grades}:
+        raise CaseError(f"設定にない学年が送られました。{reload}")
+    if gender and gender not in {c.key for c in config.genders}:
+        raise CaseError(f"設定にない性別が送られました。{reload}")
+    return CloseRecord(
+        categories=tuple(key for key in known if key in categories),
+        outcome=outcome,
+        grade=grade or None,
+        gender=gender or None,
+        handed_over=handed_over,
+    )
+
+
+async def close(console: Console, case: Case, staff: Staff, record: CloseRecord) -> bool:
     now = utcnow()
     checkin = await _checkin_at_close(console, case)
     doc = await console.db[CASES].find_one_and_update(
@@ -357,8 +404,11 @@ async def close(console: Console, case: Case, staff: Staff, *, category: str, ou
                 "state": "closed",
                 "closed_at": now,
                 "closed_by": staff.id,
-                "category": category,
-                "outcome": outcome,
+                "categories": list(record.categories),
+                "grade": record.grade,
+                "gender": record.gender,
+                "handed_over": record.handed_over,
+                "outcome": record.outcome,
                 "checkin": checkin.to_document() if checkin else None,
             }
         },
@@ -378,8 +428,12 @@ async def close(console: Console, case: Case, staff: Staff, *, category: str, ou
         {
             "case_id": closed.id,
             "staff_id": staff.id,
-            "category": category,
-            "outcome": outcome,
+            "categories": list(record.categories),
+            "category": record.categories[0],  # for readers of the facts before 2026-12
+            "grade": record.grade,
+            "gender": record.gender,
+            "handed_over": record.handed_over,
+            "outcome": record.outcome,
             "opened_at": closed.opened_at.isoformat(),
             "duration_seconds": max(0, int((now - closed.opened_at).total_seconds())),
             "urgent": closed.urgent,

@@ -233,7 +233,13 @@ class Browserless:
             return response.status, response.url.path_qs, text
 
     async def post(self, path: str, data: dict[str, Any] | None = None) -> tuple[int, str, str]:
-        form = {"csrf_token": self.csrf, **(data or {})}
+        """POST a form; a list value is sent as that field repeated (ticked checkboxes)."""
+        fields = {"csrf_token": self.csrf, **(data or {})}
+        form = [
+            (name, item)
+            for name, value in fields.items()
+            for item in (value if isinstance(value, list) else [value])
+        ]
         async with self.http.post(self.url + path, data=form) as response:
             text = await response.text()
             found = CSRF.search(text)

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
-from soudan_shared.config import Agency
+from soudan_shared.config import UNKNOWN_LABEL, Agency
 from soudan_shared.contracts import utcnow
 from soudan_shared.records import Case
 
@@ -53,6 +53,9 @@ async def _labels(request: web.Request) -> dict[str, Any]:
     return {
         "school_types": {c.key: c.label for c in config.messages.school_type.choices},
         "categories": {c.key: c.label for c in config.categories.categories},
+        "grades": {c.key: c.label for c in config.categories.grades},
+        "genders": {c.key: c.label for c in config.categories.genders},
+        "unknown_label": UNKNOWN_LABEL,
         "keywords": list(config.keywords.active),
         "outcomes": OUTCOMES,
         "emergency_types": EMERGENCY_TYPES,
@@ -278,14 +281,18 @@ async def close(request: web.Request) -> web.StreamResponse:
     console = get_console(request)
     case = await _case_for(request, "close")
     form = await request.post()
-    category = str(form.get("category", ""))
-    outcome = str(form.get("outcome", ""))
-    labels = await _labels(request)
-    if category not in labels["categories"] or outcome not in OUTCOMES:
-        return await _error_on_case(request, case, "分類と結果を選んでから終了してください。")
-    if not await case_ops.close(
-        console, case, current_staff(request), category=category, outcome=outcome
-    ):
+    draft: dict[str, Any] = {
+        "categories": [str(v)[:64] for v in form.getall("categories", [])][:50],
+        "outcome": str(form.get("outcome", ""))[:64],
+        "grade": str(form.get("grade", ""))[:64],
+        "gender": str(form.get("gender", ""))[:64],
+        "handed_over": bool(form.get("handed_over")),
+    }
+    try:
+        record = case_ops.close_record((await console.config.get()).categories, **draft)
+    except case_ops.CaseError as exc:  # the choices stay on the form, to correct
+        return await _error_on_case(request, case, str(exc), status=exc.status, close_draft=draft)
+    if not await case_ops.close(console, case, current_staff(request), record):
         raise see_other(f"/cases/{case.id}", msg="gone")
     raise see_other("/queue", msg="closed")
 
