@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from soudan_reporting.aggregate import compute_figures
+from soudan_reporting.build import build_month
 from soudan_reporting.factgen import MonthGenerator, reference_figures, store_facts
 from soudan_reporting.figures import Durations, Figures, TokenState
 from soudan_reporting.month import Month
 from soudan_reporting.recorder import EVENTS, TOKYO
-from soudan_reporting.report import Labels, Limits, build_report
+from soudan_reporting.report import Labels, Limits, as_text, build_report
+from soudan_reporting.settings import ReportingSettings
 from soudan_shared import fact_types as ft
+from soudan_shared.config import load_config
 from soudan_shared.contracts import Fact
 from soudan_shared.store import Store
 
@@ -420,3 +427,190 @@ async def test_the_security_tables_name_staff_and_settings_as_the_section_knows_
         ("相談の期間と受付時間・休みの日", 1),
         ("職員アカウントのロック解除", 1),
     )
+
+
+async def test_closed_cases_are_counted_by_grade_gender_each_of_their_categories_and_hand_over(
+    store: Store,
+) -> None:
+    at = _jst(2026, 10, 14, 18, 0)
+
+    def close(case: str, minutes: int, **data: object) -> Fact:
+        return _fact(ft.CASE_CLOSED, at + timedelta(minutes=minutes), case_id=case, **data)
+
+    facts = [
+        close("a", 0, categories=["bullying", "family"], category="bullying", grade="jh2",
+              gender="female", handed_over=True),
+        close("b", 1, categories=["family"], category="family", grade="jh2", gender="male",
+              handed_over=False),
+        # a key picked twice is still one case of that category
+        close("c", 2, categories=["health", "health"], category="health", grade=None,
+              gender=None, handed_over=True),
+        # closed before the attributes were recorded: its one category, 不明, not handed over
+        close("d", 3, category="family"),
+        close("e", 4, category=None),
+    ]  # fmt: skip
+    await store_facts(store.db[EVENTS], facts)
+
+    figures = await compute_figures(store.db[EVENTS], OCTOBER)
+
+    assert figures.cases_closed == 5
+    assert figures.closed_by_category == {"bullying": 1, "family": 3, "health": 1, "": 1}
+    assert figures.closed_by_grade == {"jh2": 2, "": 3}
+    assert figures.closed_by_gender == {"female": 1, "male": 1, "": 3}
+    assert figures.cases_handed_over == 2
+    assert figures == reference_figures(facts, OCTOBER)
+
+    labels = Labels(
+        categories=(("bullying", "いじめ"), ("family", "家庭"), ("health", "心身の健康"))
+    )
+    report = build_report(figures, labels=labels, limits=Limits(), built_at=at)
+    tables = {t.title: t for s in report.sections for t in s.tables}
+    by_category = tables["分類別（今月終わった相談）"]
+    assert by_category.rows == (("いじめ", 1), ("家庭", 3), ("心身の健康", 1), ("（不明）", 1))
+    assert "複数の分類があるときは、それぞれに数えています" in by_category.note
+    assert tables["学年別（今月終わった相談）"].rows == (
+        ("中1", 0), ("中2", 2), ("中3", 0), ("高1", 0), ("高2", 0), ("高3", 0), ("その他", 0),
+        ("不明", 3),
+    )  # fmt: skip
+    assert tables["性別別（今月終わった相談）"].rows == (
+        ("男性", 1),
+        ("女性", 1),
+        ("その他・答えない", 0),
+        ("不明", 3),
+    )
+    assert tables["他の窓口につないだ件数（今月終わった相談）"].rows == (
+        ("終わった相談", 5),
+        ("うち他の窓口につないだ相談", 2),
+        ("他の窓口につないだ割合", 0.4),
+    )
+
+
+async def test_a_month_whose_closes_changed_shape_midway_gives_the_figures_of_their_definitions(
+    store: Store,
+) -> None:
+    change = _jst(2026, 10, 16)
+    generator = MonthGenerator(
+        OCTOBER, cases=120, seed=4, webhook_every_minutes=720, old_closes_before=change
+    )
+    facts = list(generator.facts())
+    closes = [f for f in facts if f.type == ft.CASE_CLOSED and OCTOBER.start <= f.at < OCTOBER.end]
+    old = [f for f in closes if "categories" not in f.data]
+    assert old
+    assert all(f.at < change for f in old)
+    assert any(len(f.data.get("categories", ())) > 1 for f in closes)  # several categories
+    await store_facts(store.db[EVENTS], facts)
+
+    figures = await compute_figures(store.db[EVENTS], OCTOBER)
+
+    assert figures == reference_figures(facts, OCTOBER)
+    assert sum(figures.closed_by_category.values()) > figures.cases_closed == len(closes)
+    assert figures.closed_by_grade[""] > len(old)  # the old closes, and new ones left unrecorded
+    assert set(figures.closed_by_gender) == {"male", "female", "other", ""}
+    assert 0 < figures.cases_handed_over < figures.cases_closed
+
+
+BEFORE_ATTRIBUTES = Path(__file__).with_name("data") / "october_before_attributes.json"
+
+
+async def test_a_month_of_old_closes_gives_the_figures_and_tables_it_gave_before_the_attributes(
+    store: Store, config_dir: Path
+) -> None:
+    # The fixture is what reporting gave for this generated month before grades, genders and
+    # hand-overs were counted (written by that code, commit 6439c72): its closes name one
+    # category each, as every close did then.
+    before = json.loads(BEFORE_ATTRIBUTES.read_text())
+    generator = MonthGenerator(
+        OCTOBER, **before["generator"], old_closes_before=Month(2027, 1).start
+    )
+    facts = list(generator.facts())
+    assert not [f for f in facts if f.type == ft.CASE_CLOSED and "categories" in f.data]
+    await store_facts(store.db[EVENTS], facts)
+
+    figures = await compute_figures(store.db[EVENTS], OCTOBER)
+
+    now = _plain(dataclasses.asdict(figures))
+    assert {name: now[name] for name in before["figures"]} == before["figures"]
+    closed = figures.cases_closed
+    assert (figures.closed_by_grade, figures.closed_by_gender) == ({"": closed}, {"": closed})
+    assert figures.cases_handed_over == 0
+
+    labels = Labels.from_config(load_config(config_dir))
+    report = build_report(figures, labels=labels, limits=Limits(), built_at=OCTOBER.end)
+    tables = {t.title: t for s in report.sections for t in s.tables}
+    for section in before["sections"]:
+        for old_table in section["tables"]:
+            table = tables[old_table["title"]]
+            if old_table["title"] == "主な数値":  # now beside the previous month: same rows
+                rows = {row[0]: row[1] for row in _plain(table.rows)}
+                assert [[label, rows.get(label)] for label, _ in old_table["rows"]] == old_table[
+                    "rows"
+                ]
+                continue
+            assert _plain(table.columns) == old_table["columns"], old_table["title"]
+            assert _plain(table.rows) == old_table["rows"], old_table["title"]
+
+
+def _plain(value: object) -> object:
+    """As the JSON fixture holds it: lists, string keys, instants in ISO 8601."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+async def test_the_summary_compares_each_figure_with_the_previous_month_when_it_was_recorded(
+    store: Store, make_settings: Callable[..., ReportingSettings]
+) -> None:
+    def opened(at: datetime, case: str, in_hours: bool) -> Fact:
+        return _fact(ft.CASE_OPENED, at, case_id=case, in_hours=in_hours)
+
+    def reply(at: datetime, case: str) -> Fact:
+        return _fact(
+            ft.REPLY_SENT, at, case_id=case, purpose="counselor_reply", method="reply", messages=1
+        )
+
+    september, october = _jst(2026, 9, 10, 18, 0), _jst(2026, 10, 10, 18, 0)
+    facts = [
+        # September: 2 cases in hours, 1 answered after 10 minutes
+        opened(september, "s1", True),
+        opened(september, "s2", True),
+        reply(september + timedelta(minutes=10), "s1"),
+        # October: 5 cases, 4 in hours, 3 answered after 4 minutes
+        *(opened(october + timedelta(seconds=i), f"o{i}", i < 4) for i in range(5)),
+        *(reply(october + timedelta(minutes=4, seconds=i), f"o{i}") for i in range(3)),
+    ]
+    await store_facts(store.db[EVENTS], facts)
+    settings = make_settings()
+
+    built = await build_month(store.db, OCTOBER, settings)
+    first = await build_month(store.db, Month(2026, 9), settings)  # nothing recorded in August
+
+    key_figures = built.report.sections[0].tables[0]
+    assert key_figures.columns == (
+        "項目",
+        "今月（2026年10月）",
+        "前月（2026年9月）",
+        "前月比（増減）",
+    )
+    rows = {row[0]: row[1:] for row in key_figures.rows}
+    assert rows["相談件数"] == (5, 2, 3)
+    assert rows["うち受付時間内"] == (4, 2, 2)
+    assert rows["応答率（受付時間内）"] == (0.75, 0.5, 25.0)
+    assert [as_text(cell) for cell in rows["応答率（受付時間内）"]] == [
+        "75.0%",
+        "50.0%",
+        "+25.0ポイント",
+    ]
+    assert rows["最初の返信までの時間 中央値（分）"] == (4.0, 10.0, -6.0)
+    assert as_text(rows["最初の返信までの時間 中央値（分）"][2]) == "-6.0"
+    assert as_text(rows["受け取ったメッセージ"][2]) == "±0"
+    assert built.previous == await compute_figures(store.db[EVENTS], Month(2026, 9))
+
+    first_rows = {row[0]: row[1:] for row in first.report.sections[0].tables[0].rows}
+    assert first_rows["相談件数"] == (2, None, None)  # shown as —, not as a change from 0
+    assert all(row[2:] == (None, None) for row in first.report.sections[0].tables[0].rows)
+    assert "前月の記録がないため" in first.report.sections[0].tables[0].note
+    assert first.previous is None

@@ -18,13 +18,23 @@ from soudan_reporting.factgen import MonthGenerator, Plan, reference_figures, st
 from soudan_reporting.month import Month
 from soudan_reporting.pdf import FontMissing
 from soudan_reporting.recorder import EVENTS
-from soudan_reporting.report import PURPOSES, Percent, Report, Table, as_text
+from soudan_reporting.report import (
+    PURPOSES,
+    Change,
+    DecimalChange,
+    Percent,
+    PointChange,
+    Report,
+    Table,
+    as_text,
+)
 from soudan_reporting.settings import ReportingSettings
 from soudan_shared.contracts import ReplyPurpose
 from soudan_shared.store import Store, open_store
 
 pytestmark = pytest.mark.integration
 OCTOBER = Month(2026, 10)
+SEPTEMBER = OCTOBER.previous()
 SHEETS = [
     "概要",
     "登録状況",
@@ -47,11 +57,13 @@ class Built:
 async def october(
     mongodb_url: str, config_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Built]:
-    """A generated October, built once for the tests of this module."""
+    """A generated October after a generated September (for 前月比), built once for the tests
+    of this module."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     store = await open_store(mongodb_url, database=name)
     generator = MonthGenerator(OCTOBER, cases=80, seed=11, webhook_every_minutes=240)
-    facts = list(generator.facts())
+    earlier = MonthGenerator(SEPTEMBER, cases=50, seed=12, webhook_every_minutes=720)
+    facts = [f for f in earlier.facts() if f.at < OCTOBER.start] + list(generator.facts())
     await store_facts(store.db[EVENTS], facts)
     settings = ReportingSettings(
         rabbitmq_url="amqp://unused/",
@@ -62,6 +74,7 @@ async def october(
     )
     built = await build_month(store.db, OCTOBER, settings)
     assert built.figures == reference_figures(facts, OCTOBER)
+    assert built.previous == reference_figures(facts, SEPTEMBER)
     yield Built(built, generator.plan, store)
     await store.client.drop_database(name)
     await store.close()
@@ -187,6 +200,92 @@ async def test_every_figure_of_the_report_is_in_the_pdf_text_in_order(october: B
     assert f"相談件数（始まった相談）{october.plan.cases_in_month}" in _squeeze(text)
 
 
+def _table(report: Report, title: str) -> Table:
+    return next(t for s in report.sections for t in s.tables if t.title == title)
+
+
+async def test_the_summary_shows_each_figure_beside_the_previous_month_and_the_change(
+    october: Built,
+) -> None:
+    now, before = october.built.figures, october.built.previous
+    assert before is not None
+    assert before.cases_opened > 0
+    assert now.cases_opened != before.cases_opened  # a change to show
+    change = now.cases_opened - before.cases_opened
+    rows = _sheet_rows(october.built.xlsx, "概要")
+    header = rows.index(("項目", "今月（2026年10月）", "前月（2026年9月）", "前月比（増減）"))
+    summary = {row[0]: row[1:4] for row in rows[header + 1 :] if row[0]}
+    assert summary["相談件数"] == (now.cases_opened, before.cases_opened, change)
+    assert summary["終わった相談"] == (
+        now.cases_closed,
+        before.cases_closed,
+        now.cases_closed - before.cases_closed,
+    )
+    rate_now = now.answered_in_hours / now.cases_in_hours
+    rate_before = before.answered_in_hours / before.cases_in_hours
+    points = summary["応答率（受付時間内）"][2]
+    assert points == pytest.approx(round((rate_now - rate_before) * 100, 1))
+    sheet = openpyxl.load_workbook(october.built.xlsx)["概要"]
+    formats = {
+        row[0].value: (row[1].number_format, row[3].number_format)
+        for row in sheet.iter_rows(min_row=header + 2)
+        if row[0].value
+    }
+    assert formats["相談件数"] == ("#,##0", "+#,##0;-#,##0;±0")
+    assert formats["応答率（受付時間内）"][1] == '+0.0"ポイント";-0.0"ポイント";±0.0"ポイント"'
+
+    flat = _squeeze(_pdf_text(october.built.pdf))
+    assert "前月（2026年9月）前月比（増減）" in flat
+    assert f"相談件数{now.cases_opened:,}{before.cases_opened:,}{change:+,}" in flat
+    assert f"{points:+.1f}ポイント" in flat
+
+
+async def test_the_cases_by_grade_gender_category_and_hand_over_are_in_both_files(
+    october: Built,
+) -> None:
+    figures, report = october.built.figures, october.built.report
+    closed = figures.cases_closed
+    assert sum(figures.closed_by_category.values()) > closed  # some cases have two categories
+    assert 0 < figures.closed_by_grade[""] < closed
+    assert 0 < figures.closed_by_gender[""] < closed
+    assert 0 < figures.cases_handed_over < closed
+    grades = _table(report, "学年別（今月終わった相談）")
+    genders = _table(report, "性別別（今月終わった相談）")
+    categories = _table(report, "分類別（今月終わった相談）")
+    handed_over = _table(report, "他の窓口につないだ件数（今月終わった相談）")
+    assert [row[0] for row in grades.rows] == [
+        *("中1", "中2", "中3", "高1", "高2", "高3", "その他"),
+        "不明",
+    ]
+    assert grades.rows[-1] == ("不明", figures.closed_by_grade[""])
+    assert sum(int(row[1] or 0) for row in grades.rows) == closed
+    assert genders.rows == (
+        ("男性", figures.closed_by_gender.get("male", 0)),
+        ("女性", figures.closed_by_gender.get("female", 0)),
+        ("その他・答えない", figures.closed_by_gender.get("other", 0)),
+        ("不明", figures.closed_by_gender[""]),
+    )
+    assert ("家庭", figures.closed_by_category["family"]) in categories.rows
+    assert handed_over.rows[1] == ("うち他の窓口につないだ相談", figures.cases_handed_over)
+
+    rows = _sheet_rows(october.built.xlsx, "相談件数")
+    position = 0
+    for table in (categories, grades, genders, handed_over):
+        position = _assert_table_in_sheet(rows, table, position)
+    cells = [cell for row in rows for cell in row if isinstance(cell, str)]
+    assert categories.note in cells
+    assert grades.note in cells
+
+    flat = _squeeze(_pdf_text(october.built.pdf))
+    for table in (categories, grades, genders, handed_over):
+        at = flat.find(_squeeze(table.title))
+        assert at >= 0, table.title
+        cells_text = "".join(_squeeze(as_text(c)) for row in table.rows for c in row)
+        assert flat.find(cells_text, at) >= 0, table.title
+    assert "1つの相談に複数の分類があるときは、それぞれに数えています" in flat
+    assert f"不明{figures.closed_by_grade['']}" in flat
+
+
 async def test_the_pdf_is_a4_with_its_japanese_font_embedded(october: Built) -> None:
     reader = pypdf.PdfReader(october.built.pdf)
     assert len(reader.pages) > 5
@@ -244,6 +343,15 @@ async def test_an_empty_month_gives_valid_files_of_zeros(
     assert figures["相談件数"] == 0
     assert figures["月末の登録者数"] == 0
     assert figures["応答率（受付時間内）"] == "—"
+    # nothing recorded the month before: no previous value and no change, not 0 and ±0
+    header = next(i for i, r in enumerate(rows) if r[:2] == ("項目", "今月（2026年2月）"))
+    assert rows[header][2:4] == ("前月（2026年1月）", "前月比（増減）")
+    summary = built.report.sections[0].tables[0]
+    key_figures = rows[header + 1 : header + 1 + len(summary.rows)]
+    assert [r[0] for r in key_figures] == [r[0] for r in summary.rows]
+    assert {r[2:4] for r in key_figures} == {("—", "—")}
+    assert "前月の記録がないため、前月と前月比は「—」です" in summary.note
+    assert rows[header + 1 + len(summary.rows)][0] == summary.note
     days = [r for r in _sheet_rows(built.xlsx, "相談件数") if r[0] and str(r[0]).startswith("2/")]
     assert len(days) == 28
     assert all(r[1] == 0 for r in days)
@@ -282,6 +390,9 @@ def test_percent_cells_read_as_percentages() -> None:
     assert as_text(1234) == "1,234"
     assert as_text(12.25) == "12.2"
     assert as_text(None) == "—"
+    assert [as_text(Change(n)) for n in (12, 0, -1234)] == ["+12", "±0", "-1,234"]
+    assert as_text(DecimalChange(-1.5)) == "-1.5"
+    assert as_text(PointChange(2.3)) == "+2.3ポイント"
 
 
 def test_every_kind_of_reply_has_a_japanese_name_in_the_report() -> None:

@@ -62,6 +62,11 @@ async def compute_figures(events: Any, month: Month) -> Figures:
     return _figures(month, monthly, cases, state, scope)
 
 
+async def has_facts(events: Any, month: Month) -> bool:
+    """Whether any fact is filed under ``month`` (a month before the first has none)."""
+    return await events.find_one({"jst.month": str(month)}, {"_id": 1}) is not None
+
+
 async def _single(events: Any, pipeline: list[dict[str, Any]]) -> dict[str, Any]:
     cursor = await events.aggregate(pipeline, allowDiskUse=True)
     docs: list[dict[str, Any]] = await cursor.to_list()
@@ -102,7 +107,7 @@ def _percentiles(difference: dict[str, Any]) -> list[dict[str, Any]]:
 
 # The dimensions each fact type is counted by. The month's facts are grouped once by type and
 # these fields (one pass over the month); every table is then a small regrouping of those rows.
-_DIMENSIONS: dict[str, dict[str, str]] = {
+_DIMENSIONS: dict[str, dict[str, Any]] = {
     ft.CASE_OPENED: {
         "day": "$jst.day",
         "weekday": "$jst.weekday",
@@ -112,7 +117,17 @@ _DIMENSIONS: dict[str, dict[str, str]] = {
     },
     ft.LINE_FOLLOWED: {"unblocked": "$data.unblocked"},
     ft.SCHOOL_TYPE_SET: {"school": "$data.school_type"},
-    ft.CASE_CLOSED: {"category": "$data.category", "staff": "$data.staff_id"},
+    # A close before the attributes were recorded carries one ``category`` and no grade, gender
+    # or hand-over (不明, 不明, not handed over). Its category is taken as it is, a scalar that
+    # ``$unwind`` reads as a list of one: mongomock 4.3.0 does not evaluate the field path in an
+    # array literal (``["$data.category"]`` stays that text).
+    ft.CASE_CLOSED: {
+        "categories": {"$ifNull": ["$data.categories", "$data.category"]},
+        "grade": "$data.grade",
+        "gender": "$data.gender",
+        "handed_over": "$data.handed_over",
+        "staff": "$data.staff_id",
+    },
     ft.REPLY_SENT: {"purpose": "$data.purpose", "method": "$data.method", "note": "$data.note"},
     ft.REPLY_FAILED: {"purpose": "$data.purpose"},
     ft.LINE_QUOTA_READ: {"at": "$at", "limit": "$data.limit", "used": "$data.used"},
@@ -227,7 +242,20 @@ def month_pipeline(month: Month) -> list[dict[str, Any]]:
         "by_day": _sum_by(opened, f"{k}.day"),
         "by_weekday": _sum_by(opened, f"{k}.weekday"),
         "by_hour": _sum_by(opened, f"{k}.hour"),
-        "by_category": _sum_by(ft.CASE_CLOSED, f"{k}.category"),
+        "by_category": [
+            # each close once per category it names (a key named twice still counts once); a
+            # close without any is counted as 不明, as a close without a category always was
+            _rows(ft.CASE_CLOSED),
+            {"$project": {"n": 1, "row": "$_id", "category": f"{k}.categories"}},
+            {"$unwind": {"path": "$category", "preserveNullAndEmptyArrays": True}},
+            {"$group": {"_id": {"row": "$row", "c": "$category"}, "n": {"$first": "$n"}}},
+            {"$group": {"_id": "$_id.c", "n": {"$sum": "$n"}}},
+        ],
+        "by_grade": _sum_by(ft.CASE_CLOSED, f"{k}.grade"),
+        "by_gender": _sum_by(ft.CASE_CLOSED, f"{k}.gender"),
+        "handed_over": _sum_by(
+            ft.CASE_CLOSED, None, _when({"$eq": [f"{k}.handed_over", True]}, "$n", 0)
+        ),
         "checkin_answers": _sum_by(ft.CHECKIN_ANSWERED, f"{k}.choice"),
         "checkin_skipped": _sum_by(ft.CHECKIN_SKIPPED, f"{k}.reason"),
         "replies": [
@@ -824,6 +852,9 @@ def _figures(
         opened_by_school=_counts(scope.get("by_school")),
         cases_closed=types.get(ft.CASE_CLOSED, 0),
         closed_by_category=_counts(monthly.get("by_category")),
+        closed_by_grade=_counts(monthly.get("by_grade")),
+        closed_by_gender=_counts(monthly.get("by_gender")),
+        cases_handed_over=int(_first(monthly.get("handed_over")).get("n") or 0),
         messages_in=types.get(ft.MESSAGE_RECEIVED, 0),
         messages_out_counselor=out_counselor,
         messages_out_auto=out_auto,

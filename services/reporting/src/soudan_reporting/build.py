@@ -20,7 +20,7 @@ import structlog
 from soudan_shared.config import load_config
 from soudan_shared.contracts import utcnow
 
-from soudan_reporting.aggregate import compute_figures
+from soudan_reporting.aggregate import compute_figures, has_facts
 from soudan_reporting.figures import Figures
 from soudan_reporting.month import Month
 from soudan_reporting.pdf import register_font, write_pdf
@@ -47,6 +47,7 @@ class BuiltReport:
     report: Report
     xlsx: Path
     pdf: Path
+    previous: Figures | None = None  # the month before, for 前月比 (None: nothing recorded)
 
     @property
     def files(self) -> tuple[Path, Path]:
@@ -76,7 +77,14 @@ async def build_month(
     directory = out_dir or settings.reports_dir
     directory.mkdir(parents=True, exist_ok=True)
     figures = await compute_figures(db[EVENTS], month)
-    report = build_report(figures, labels=labels, limits=limits, built_at=now or utcnow())
+    # 前月比: the previous month computed the same way, unless nothing was recorded in it
+    earlier = month.previous()
+    previous = (
+        await compute_figures(db[EVENTS], earlier) if await has_facts(db[EVENTS], earlier) else None
+    )
+    report = build_report(
+        figures, labels=labels, limits=limits, built_at=now or utcnow(), previous=previous
+    )
     xlsx, pdf = report_paths(directory, month)
     # The writers are CPU-bound and synchronous: off the event loop, so the recorder keeps up.
     await asyncio.to_thread(_write_atomically, xlsx, lambda p: write_xlsx(report, p))
@@ -84,7 +92,7 @@ async def build_month(
         _write_atomically, pdf, lambda p: write_pdf(report, p, settings.report_font_path)
     )
     log.info("report_built", month=str(month), files=[xlsx.name, pdf.name])
-    return BuiltReport(month, figures, report, xlsx, pdf)
+    return BuiltReport(month, figures, report, xlsx, pdf, previous)
 
 
 def _write_atomically(path: Path, write: Any) -> None:

@@ -65,6 +65,8 @@ CATEGORIES = (
     "career",
     "other",
 )
+GRADES = ("jh1", "jh2", "jh3", "sh1", "sh2", "sh3", "other")  # categories.yaml's defaults
+GENDERS = ("male", "female", "other")
 KEYWORDS = ("死に", "消えたい", "いじめ", "虐待", "リスカ", "助け", "暴力", "しにたい")
 # a flag with one keyword also carries a risk category read beside it (no extra draw: the
 # generated month stays the same for a seed)
@@ -112,6 +114,12 @@ class MonthGenerator:
     summary is written (1 is what ingress does; tests use fewer). ``rotation`` says how the LINE
     channel token was last handled: ``"rotated"``, ``"issued"`` (dispatch's own fact type),
     ``"revoked"``, or ``None`` (no token fact: a static token).
+
+    A close records one or more categories, the student's grade and gender (or none: 不明) and
+    whether the case was handed over; closes before ``old_closes_before`` have the shape they had
+    before those were recorded (one ``category``, nothing else). The new fields are chosen from
+    the case id, not the generator's random numbers, so both shapes give the same month
+    otherwise (and a month of old closes is exactly what the generator wrote before).
     """
 
     def __init__(
@@ -123,6 +131,7 @@ class MonthGenerator:
         webhook_every_minutes: int = 60,
         rotation: str | None = "rotated",
         boundaries: bool = True,
+        old_closes_before: datetime | None = None,
     ) -> None:
         self.month = month
         self.cases = cases
@@ -131,6 +140,7 @@ class MonthGenerator:
         self.webhook_every = webhook_every_minutes
         self.rotation = rotation
         self.boundaries = boundaries
+        self.old_closes_before = old_closes_before
         self.plan = Plan()
         self._n = 0
 
@@ -471,22 +481,21 @@ class MonthGenerator:
             yield from self._emergency(case_id, flagged_at, staff_id)
         if rng.random() < 0.9:
             closed_at = self._later(at, 60, 1_800)
-            yield self._fact(
-                ft.CASE_CLOSED,
-                closed_at,
-                {
-                    "case_id": case_id,
-                    "staff_id": staff_id,
-                    "category": rng.choice(CATEGORIES),
-                    "outcome": rng.choice(("resolved", "continuing", "referred")),
-                    "opened_at": opened_at.isoformat(),
-                    "duration_seconds": (closed_at - opened_at).total_seconds(),
-                    "urgent": flagged_at is not None,
-                    # the case's state at the close: an answer since the opening changed it
-                    "out_of_scope": user.school_at_time(closed_at)[1] is False,
-                },
-                "console",
-            )
+            category = rng.choice(CATEGORIES)
+            data = {
+                "case_id": case_id,
+                "staff_id": staff_id,
+                "category": category,
+                "outcome": rng.choice(("resolved", "continuing", "referred")),
+                "opened_at": opened_at.isoformat(),
+                "duration_seconds": (closed_at - opened_at).total_seconds(),
+                "urgent": flagged_at is not None,
+                # the case's state at the close: an answer since the opening changed it
+                "out_of_scope": user.school_at_time(closed_at)[1] is False,
+            }
+            if self.old_closes_before is None or closed_at >= self.old_closes_before:
+                data.update(close_attributes(case_id, category))
+            yield self._fact(ft.CASE_CLOSED, closed_at, data, "console")
             yield from self._checkin(case_id, closed_at, base, emergency=emergency)
 
     def _checkin(
@@ -716,6 +725,26 @@ class _User:
         if self.school is None or self.school_at is None or self.school_at > at:
             return None, None
         return self.school
+
+
+def close_attributes(case_id: str, category: str) -> dict[str, Any]:
+    """What a close records since 2026-12 beside its first ``category``: most cases one
+    category, some two or three; a grade and a gender, each sometimes left unrecorded (None);
+    about one case in six handed over to another service. From the case id alone."""
+    digest = zlib.crc32(f"{case_id}/close".encode())
+    digest, extra = divmod(digest, 10)
+    digest, grade = divmod(digest, len(GRADES) + 1)
+    digest, gender = divmod(digest, len(GENDERS) + 1)
+    digest, handed_over = divmod(digest, 6)
+    others = [c for c in CATEGORIES if c != category]
+    start = digest % len(others)
+    count = 0 if extra < 6 else 1 if extra < 9 else 2
+    return {
+        "categories": [category, *(others[(start + i) % len(others)] for i in range(count))],
+        "grade": (*GRADES, None)[grade],
+        "gender": (*GENDERS, None)[gender],
+        "handed_over": handed_over == 0,
+    }
 
 
 def users_facts(users: list[_User]) -> Iterator[Fact]:
@@ -1075,7 +1104,12 @@ def reference_figures(facts: Iterable[Fact], month: Month) -> Figures:
         opened_by_hour=dict(Counter(local(f).hour for f in opened)),
         opened_by_school=dict(Counter(_k(school) for school, _ in case_school.values())),
         cases_closed=len(by_type[ft.CASE_CLOSED]),
-        closed_by_category=count(ft.CASE_CLOSED, "category"),
+        closed_by_category=dict(
+            Counter(_k(c) for f in by_type[ft.CASE_CLOSED] for c in set(_categories(f)))
+        ),
+        closed_by_grade=count(ft.CASE_CLOSED, "grade"),
+        closed_by_gender=count(ft.CASE_CLOSED, "gender"),
+        cases_handed_over=sum(f.data.get("handed_over") is True for f in by_type[ft.CASE_CLOSED]),
         messages_in=len(by_type[ft.MESSAGE_RECEIVED]),
         messages_out_counselor=out_counselor,
         messages_out_auto=out_auto,
@@ -1170,6 +1204,15 @@ def reference_figures(facts: Iterable[Fact], month: Month) -> Figures:
         sends_maybe_twice=count(ft.REPLY_SENT, "note").get(ft.NOTE_MAYBE_TWICE, 0),
         api_errors=dict(api_errors),
     )
+
+
+def _categories(close: Fact) -> list[Any]:
+    """A close's categories; a close from before they were a list names one ``category``; a
+    close with none is counted once, as 不明 (None)."""
+    categories = close.data.get("categories")
+    if categories is None:
+        categories = [close.data.get("category")]
+    return list(categories) or [None]
 
 
 def _k(value: Any) -> str:

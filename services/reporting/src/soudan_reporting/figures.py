@@ -125,7 +125,11 @@ class Figures:
     opened_by_hour: dict[int, int] = field(default_factory=dict)
     opened_by_school: dict[str, int] = field(default_factory=dict)
     cases_closed: int = 0
+    # each closed case once per category it was given (a case of two categories is in both)
     closed_by_category: dict[str, int] = field(default_factory=dict)
+    closed_by_grade: dict[str, int] = field(default_factory=dict)  # grade key; "" 不明
+    closed_by_gender: dict[str, int] = field(default_factory=dict)  # gender key; "" 不明
+    cases_handed_over: int = 0  # closed cases handed over to another service (他の窓口)
     messages_in: int = 0
     messages_out_counselor: int = 0
     messages_out_auto: int = 0

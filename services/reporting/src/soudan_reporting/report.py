@@ -5,7 +5,9 @@
 PDF writers only lay these tables out, so both files show the same figures by construction.
 
 A cell's type says how it is shown: ``int`` a count, :class:`Percent` a ratio, ``float`` minutes
-with one decimal, ``str`` text, ``None`` "—" (no data, e.g. the median of no cases).
+with one decimal, ``str`` text, ``None`` "—" (no data, e.g. the median of no cases); a change
+from the previous month (前月比) is signed: :class:`Change` a count, :class:`DecimalChange`
+minutes, :class:`PointChange` a ratio in percentage points.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ from datetime import datetime
 from typing import Literal
 
 from soudan_shared import fact_types as ft
-from soudan_shared.config import RISK_CATEGORIES, SoudanConfig
+from soudan_shared.config import (
+    DEFAULT_GENDERS,
+    DEFAULT_GRADES,
+    RISK_CATEGORIES,
+    UNKNOWN_LABEL,
+    SoudanConfig,
+)
 
 from soudan_reporting.figures import (
     NO_SCHOOL_TYPE,
@@ -32,6 +40,18 @@ class Percent(float):
     """A ratio (0.873), shown as a percentage (87.3%)."""
 
 
+class Change(int):
+    """A count's change from the previous month, signed (+12, -3, ±0)."""
+
+
+class DecimalChange(float):
+    """A change in minutes from the previous month, signed with one decimal (+1.5)."""
+
+
+class PointChange(float):
+    """A ratio's change from the previous month in percentage points (+2.3ポイント)."""
+
+
 Cell = str | int | float | None
 ChartKind = Literal["column", "bar", "pie"]
 OK, CHECK = "適合", "要確認"
@@ -41,6 +61,12 @@ def as_text(value: Cell) -> str:
     """How a cell reads as text (in the PDF; the workbook keeps numbers as numbers)."""
     if value is None:
         return "—"
+    if isinstance(value, Change):
+        return f"{value:+,}" if value else "±0"
+    if isinstance(value, DecimalChange):
+        return f"{value:+,.1f}" if value else "±0.0"
+    if isinstance(value, PointChange):
+        return (f"{value:+.1f}" if value else "±0.0") + "ポイント"
     if isinstance(value, Percent):
         return f"{value:.1%}"
     if isinstance(value, int):
@@ -102,6 +128,8 @@ class Labels:
 
     school_types: tuple[tuple[str, str, bool], ...] = ()  # key, label, eligible
     categories: tuple[tuple[str, str], ...] = ()
+    grades: tuple[tuple[str, str], ...] = tuple((c.key, c.label) for c in DEFAULT_GRADES)
+    genders: tuple[tuple[str, str], ...] = tuple((c.key, c.label) for c in DEFAULT_GENDERS)
     keywords: tuple[str, ...] = ()
     checkin_choices: tuple[tuple[str, str], ...] = ()  # key, label
 
@@ -113,6 +141,8 @@ class Labels:
                 (c.key, c.label, c.eligible) for c in config.messages.school_type.choices
             ),
             categories=tuple((c.key, c.label) for c in config.categories.categories),
+            grades=tuple((c.key, c.label) for c in config.categories.grades),
+            genders=tuple((c.key, c.label) for c in config.categories.genders),
             keywords=tuple(config.keywords.official) + tuple(config.keywords.extra),
         )
 
@@ -215,11 +245,15 @@ def build_report(
     labels: Labels,
     limits: Limits,
     built_at: datetime,
+    previous: Figures | None = None,
 ) -> Report:
+    """The report of ``figures``' month; ``previous`` is the month before, computed the same
+    way, for the summary's 前月比 (None when nothing was recorded that month: shown as —)."""
     month = Month.parse(figures.month)
     checklist = _checklist(figures, limits)
+    before = None if previous is None else (previous, _checklist(previous, limits))
     sections = (
-        _summary(figures, checklist),
+        _summary(figures, checklist, month, before),
         _registrations(figures, labels),
         _cases(figures, labels, month),
         _urgent(figures, labels),
@@ -475,27 +509,60 @@ def _checklist_table(checklist: tuple[CheckLine, ...]) -> Table:
 # -- sections ---------------------------------------------------------------------------------
 
 
-def _summary(f: Figures, checklist: tuple[CheckLine, ...]) -> Section:
+def _key_figures(f: Figures, checklist: tuple[CheckLine, ...]) -> list[tuple[str, Cell]]:
+    """The summary's figures of one month (this one, or the previous for 前月比)."""
     checks = sum(line.status == CHECK for line in checklist)
+    return [
+        ("新しく友だち追加した人", f.followed_new),
+        ("月末の登録者数", f.registered_end),
+        ("相談件数", f.cases_opened),
+        ("うち受付時間内", f.cases_in_hours),
+        ("応答率（受付時間内）", _ratio(f.answered_in_hours, f.cases_in_hours)),
+        ("最初の返信までの時間 中央値（分）", _minutes(f.first_reply.p50)),
+        ("終わった相談", f.cases_closed),
+        ("うち他の窓口につないだ相談", f.cases_handed_over),
+        ("緊急性の高い相談", f.urgent_cases),
+        ("緊急対応", sum(f.emergencies_by_type.values())),
+        ("受け取ったメッセージ", f.messages_in),
+        ("送ったメッセージ", f.messages_out_counselor + f.messages_out_auto),
+        ("一斉送信", sum(1 for b in f.broadcasts if b.started_day)),
+        ("ログインの失敗", sum(f.login_failures.values())),
+        ("チェックリスト 適合", len(checklist) - checks),
+        ("チェックリスト 要確認", checks),
+    ]
+
+
+def _change(now: Cell, before: Cell) -> Cell:
+    """前月比: this month's value less the previous month's (— when either is missing)."""
+    if now is None or before is None or isinstance(now, str) or isinstance(before, str):
+        return None
+    if isinstance(now, Percent):
+        return PointChange(round((now - before) * 100, 1))
+    if isinstance(now, float) or isinstance(before, float):
+        return DecimalChange(round(now - before, 1))
+    return Change(now - before)
+
+
+def _summary(
+    f: Figures,
+    checklist: tuple[CheckLine, ...],
+    month: Month,
+    previous: tuple[Figures, tuple[CheckLine, ...]] | None,
+) -> Section:
+    now = _key_figures(f, checklist)
+    before: list[Cell] = (
+        [value for _, value in _key_figures(*previous)] if previous else [None] * len(now)
+    )
     key_figures = Table(
         "主な数値",
-        ("項目", "値"),
-        (
-            ("新しく友だち追加した人", f.followed_new),
-            ("月末の登録者数", f.registered_end),
-            ("相談件数", f.cases_opened),
-            ("うち受付時間内", f.cases_in_hours),
-            ("応答率（受付時間内）", _ratio(f.answered_in_hours, f.cases_in_hours)),
-            ("最初の返信までの時間 中央値（分）", _minutes(f.first_reply.p50)),
-            ("緊急性の高い相談", f.urgent_cases),
-            ("緊急対応", sum(f.emergencies_by_type.values())),
-            ("受け取ったメッセージ", f.messages_in),
-            ("送ったメッセージ", f.messages_out_counselor + f.messages_out_auto),
-            ("一斉送信", sum(1 for b in f.broadcasts if b.started_day)),
-            ("ログインの失敗", sum(f.login_failures.values())),
-            ("チェックリスト 適合", len(checklist) - checks),
-            ("チェックリスト 要確認", checks),
+        ("項目", f"今月（{month.label}）", f"前月（{month.previous().label}）", "前月比（増減）"),
+        tuple(
+            (label, value, earlier, _change(value, earlier))
+            for (label, value), earlier in zip(now, before, strict=True)
         ),
+        note="前月比は、今月の値から前月の値を引いた増減です（率はポイント）。前月の値も、"
+        "今月と同じ決め方で記録から数えています。"
+        + ("" if previous else "前月の記録がないため、前月と前月比は「—」です。"),
     )
     status = Table(
         "チェックリストの結果",
@@ -597,7 +664,37 @@ def _cases(f: Figures, labels: Labels, month: Month) -> Section:
         "分類別（今月終わった相談）",
         ("分類", "件数"),
         _keyed_rows(f.closed_by_category, list(labels.categories)),
+        note="1つの相談に複数の分類があるときは、それぞれに数えています"
+        "（合計は終わった相談の件数より多くなることがあります）。",
         chart=Chart("bar"),
+    )
+    attributes_note = (
+        "学年と性別は、相談を終えるときに相談員が記録します。記録しなかった相談"
+        f"（記録を始める前に終わった相談も）は「{UNKNOWN_LABEL}」に数えています。"
+    )
+    by_grade = Table(
+        "学年別（今月終わった相談）",
+        ("学年", "件数"),
+        _keyed_rows(f.closed_by_grade, [*labels.grades, ("", UNKNOWN_LABEL)]),
+        note=attributes_note,
+        chart=Chart("bar"),
+    )
+    by_gender = Table(
+        "性別別（今月終わった相談）",
+        ("性別", "件数"),
+        _keyed_rows(f.closed_by_gender, [*labels.genders, ("", UNKNOWN_LABEL)]),
+        note=attributes_note,
+        chart=Chart("pie"),
+    )
+    handed_over = Table(
+        "他の窓口につないだ件数（今月終わった相談）",
+        ("項目", "件数"),
+        (
+            ("終わった相談", f.cases_closed),
+            ("うち他の窓口につないだ相談", f.cases_handed_over),
+            ("他の窓口につないだ割合", _ratio(f.cases_handed_over, f.cases_closed)),
+        ),
+        note="相談を終えるときに、相談員がほかの相談窓口や関係機関につないだと記録した相談です。",
     )
     by_school = Table(
         "学校の種類別の相談件数",
@@ -637,6 +734,9 @@ def _cases(f: Figures, labels: Labels, month: Month) -> Section:
             by_weekday,
             by_hour,
             by_category,
+            by_grade,
+            by_gender,
+            handed_over,
             by_school,
             checkin,
             checkin_answers,

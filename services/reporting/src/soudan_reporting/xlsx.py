@@ -12,7 +12,17 @@ from typing import Any
 
 import xlsxwriter
 
-from soudan_reporting.report import Cell, Percent, Report, Section, Table, as_text
+from soudan_reporting.report import (
+    Cell,
+    Change,
+    DecimalChange,
+    Percent,
+    PointChange,
+    Report,
+    Section,
+    Table,
+    as_text,
+)
 
 CHART_ROWS = 16  # rows a chart covers; a table with a chart takes at least this many
 MAX_WIDTH = 70
@@ -54,6 +64,14 @@ class _Styles:
         self.percent = workbook.add_format({**font, "border": 1, "num_format": "0.0%"})
         self.decimal = workbook.add_format({**font, "border": 1, "num_format": "#,##0.0"})
         self.empty = workbook.add_format({**font, "border": 1, "align": "center"})
+        # 前月比, signed as the PDF shows it (the cell keeps the number)
+        self.change = workbook.add_format({**font, "border": 1, "num_format": "+#,##0;-#,##0;±0"})
+        self.decimal_change = workbook.add_format(
+            {**font, "border": 1, "num_format": "+#,##0.0;-#,##0.0;±0.0"}
+        )
+        self.point_change = workbook.add_format(
+            {**font, "border": 1, "num_format": '+0.0"ポイント";-0.0"ポイント";±0.0"ポイント"'}
+        )
         self.note = workbook.add_format({**font, "italic": True, "font_color": "#555555"})
         self.check = workbook.add_format(
             {**font, "border": 1, "bold": True, "font_color": "#C00000"}
@@ -62,6 +80,12 @@ class _Styles:
     def cell(self, value: Cell) -> Any:
         if value is None:
             return self.empty
+        if isinstance(value, Change):
+            return self.change
+        if isinstance(value, DecimalChange):
+            return self.decimal_change
+        if isinstance(value, PointChange):
+            return self.point_change
         if isinstance(value, Percent):
             return self.percent
         if isinstance(value, int):
