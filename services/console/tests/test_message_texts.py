@@ -226,3 +226,13 @@ async def test_a_choice_key_cannot_be_changed_through_the_form(
         "sapporo_city",
         "other",
     ]
+
+
+async def test_saving_the_form_as_shown_changes_nothing(
+    running: RunningConsole, client: Callable[[], Browserless]
+) -> None:
+    a = await _admin(running, client)
+    _, _, page = await a.get(FORM)
+    status, where, _ = await a.post(FORM, _inputs(page))
+    assert (status, where) == (200, f"{FORM}?msg=saved")
+    assert await running.store.db[CONFIG_OVERRIDES].find_one({"_id": "messages"}) is None
