@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from soudan_console.app import create_app
 from soudan_console.settings import ConsoleSettings
-from soudan_console.testing import Browserless, RunningConsole, login, path_of, seed_case
+from soudan_console.testing import PASSWORD, Browserless, RunningConsole, login, path_of, seed_case
 from soudan_shared.runtime import start_site
 from soudan_shared.testing.proxy import free_port
 from soudan_shared.testing.waiting import wait_until
@@ -63,6 +63,7 @@ async def test_an_open_case_page_goes_to_sign_in_at_once_when_another_console_di
         try:
             await a.login(admin.email)
             data = {"role": "supervisor"} if ending == "role" else {}
+            data["current"] = PASSWORD  # the admin's own password: the re-authentication
             status, _, _ = await a.post(f"/admin/staff/{counselor.id}/{ending}", data)
             assert status == 200
             # Well inside the 30-second re-check: the fact ends the stream in this process too.

@@ -127,9 +127,10 @@ async def test_the_live_stream_stops_as_soon_as_its_session_ends(
             a = client()
             await a.login(admin.email)
             if ending == "disabled":
-                await a.post(f"/admin/staff/{counselor.id}/disable")
+                await a.post(f"/admin/staff/{counselor.id}/disable", {"current": PASSWORD})
             else:
-                await a.post(f"/admin/staff/{counselor.id}/role", {"role": "supervisor"})
+                form = {"role": "supervisor", "current": PASSWORD}
+                await a.post(f"/admin/staff/{counselor.id}/role", form)
         elif ending == "expired":
             await running.store.db[SESSIONS].update_many(
                 {"staff_id": counselor.id}, {"$set": {"expires_at": utcnow()}}
@@ -455,6 +456,7 @@ async def test_a_new_staff_account_is_recorded_with_its_name_so_the_report_can_n
             "name": " 相談 花子 ",
             "role": "counselor",
             "password": PASSWORD,
+            "current": PASSWORD,
         },
     )
     created = await running.wait_fact(F.STAFF_CREATED, role="counselor", by=admin.id)
@@ -469,11 +471,17 @@ async def test_admin_actions_on_staff_are_facts_naming_the_admin(
     await a.login(admin.email)
     await a.post(
         "/admin/staff",
-        {"email": "new@example.jp", "name": "新人", "role": "counselor", "password": PASSWORD},
+        {
+            "email": "new@example.jp",
+            "name": "新人",
+            "role": "counselor",
+            "password": PASSWORD,
+            "current": PASSWORD,
+        },
     )
     created = await running.wait_fact(F.STAFF_CREATED, role="counselor", by=admin.id)
     staff_id = created.data["staff_id"]
-    await a.post(f"/admin/staff/{staff_id}/role", {"role": "supervisor"})
+    await a.post(f"/admin/staff/{staff_id}/role", {"role": "supervisor", "current": PASSWORD})
     await running.wait_fact(
         F.STAFF_ROLE_CHANGED, staff_id=staff_id, before="counselor", after="supervisor"
     )
@@ -482,12 +490,12 @@ async def test_admin_actions_on_staff_are_facts_naming_the_admin(
         {"password": "temporary-password-1", "current": PASSWORD},
     )
     await running.wait_fact(F.PASSWORD_CHANGED, staff_id=staff_id, by=admin.id)
-    await a.post(f"/admin/staff/{staff_id}/disable")
+    await a.post(f"/admin/staff/{staff_id}/disable", {"current": PASSWORD})
     await running.wait_fact(F.STAFF_DISABLED, staff_id=staff_id, by=admin.id)
     n = client()
     _, path, _ = await n.login("new@example.jp", "temporary-password-1")
     assert path.startswith("/login")
-    await a.post(f"/admin/staff/{staff_id}/enable")
+    await a.post(f"/admin/staff/{staff_id}/enable", {"current": PASSWORD})
     await running.wait_fact(F.STAFF_ENABLED, staff_id=staff_id, by=admin.id)
     await running.store.db[STAFF].update_one(
         {"_id": staff_id}, {"$set": {"totp_enabled": True, "totp_secret": "JBSWY3DPEHPK3PXP"}}
@@ -508,9 +516,9 @@ async def test_each_staff_admin_action_confirms_what_it_did(
     await a.login(admin.email)
     said = {}
     for action, form in [
-        ("role", {"role": "supervisor"}),
-        ("disable", {}),
-        ("enable", {}),
+        ("role", {"role": "supervisor", "current": PASSWORD}),
+        ("disable", {"current": PASSWORD}),
+        ("enable", {"current": PASSWORD}),
         ("unlock", {}),
         ("reset-password", {"password": "temporary-quiet-harbor-7", "current": PASSWORD}),
     ]:

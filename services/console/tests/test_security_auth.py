@@ -231,6 +231,121 @@ async def test_an_admin_resets_another_persons_password_or_second_factor_only_wi
     await running.wait_fact(F.SECOND_FACTOR_DISABLED, staff_id=counselor.id, by=admin.id)
 
 
+def _another_code(totp: pyotp.TOTP) -> str:
+    """A well-formed code that is not the current one."""
+    return f"{(int(totp.now()) + 1) % 1_000_000:06d}"
+
+
+# action, the target's fields at the start, the form, the fact it leaves, the target afterwards
+STAFF_CHANGES = {
+    "role": ({}, {"role": "admin"}, F.STAFF_ROLE_CHANGED, {"role": "admin"}),
+    "disable": ({}, {}, F.STAFF_DISABLED, {"disabled": True}),
+    "enable": ({"disabled": True}, {}, F.STAFF_ENABLED, {"disabled": False}),
+}
+
+
+@pytest.mark.parametrize("action", list(STAFF_CHANGES))
+async def test_an_admin_changes_a_role_or_turns_an_account_off_or_on_only_with_their_own_password(
+    running: RunningConsole, client: Callable[[], Browserless], action: str
+) -> None:
+    start, form, fact, after = STAFF_CHANGES[action]
+    a = client()
+    admin, totp = await _signed_in_with_second_factor(running, a, "admin")
+    counselor = await running.add_staff("counselor", **start)
+    disabled = bool(start.get("disabled"))
+    c = client()
+    if not disabled:
+        assert (await c.login(counselor.email))[1] == "/queue"
+
+    # The session alone, the password without the code, a wrong password, a wrong code: refused
+    # with the same message as the other re-authentications (four failures, under the lock's five).
+    for reauth in (
+        {},
+        {"current": PASSWORD},
+        {"current": "wrong-password-123", "current_code": totp.now()},
+        {"current": PASSWORD, "current_code": _another_code(totp)},
+    ):
+        status, _, page = await a.post(f"/admin/staff/{counselor.id}/{action}", {**form, **reauth})
+        assert status == 400, reauth
+        assert _error_of(page) == f"{counselor.name}: 今のパスワードか確認コードがちがいます。"
+    doc = await running.store.db[STAFF].find_one({"_id": counselor.id})
+    assert (doc["role"], doc["disabled"]) == ("counselor", disabled)
+    assert running.facts_of(fact) == []
+    if not disabled:  # the person's session goes on
+        assert (await c.get("/queue"))[1] == "/queue"
+
+    _, path, _ = await a.post(
+        f"/admin/staff/{counselor.id}/{action}",
+        {**form, "current": PASSWORD, "current_code": totp.now()},
+    )
+    assert path == f"/admin/staff?msg=staff_{action}"
+    await running.wait_fact(fact, staff_id=counselor.id, by=admin.id)
+    doc = await running.store.db[STAFF].find_one({"_id": counselor.id})
+    assert {key: doc[key] for key in after} == after
+    if action == "enable":
+        assert (await c.login(counselor.email))[1] == "/queue"
+    else:  # a new role or a disabled account ends the person's session
+        assert (await c.get("/queue"))[1].startswith("/login")
+
+
+async def test_a_new_account_is_made_only_with_the_admins_own_password_and_code(
+    running: RunningConsole, client: Callable[[], Browserless]
+) -> None:
+    a = client()
+    admin, totp = await _signed_in_with_second_factor(running, a, "admin")
+    new = {"email": "new-admin@example.jp", "name": "新しい 管理者", "role": "admin"}
+    new["password"] = "temporary-quiet-harbor-7"
+    for reauth in (
+        {},
+        {"current": "wrong-password-123", "current_code": totp.now()},
+        {"current": PASSWORD, "current_code": _another_code(totp)},
+    ):
+        status, _, page = await a.post("/admin/staff", {**new, **reauth})
+        assert status == 400, reauth
+        assert _error_of(page) == "今のパスワードか確認コードがちがいます。"
+        # What was typed stays in the form (the chosen role too), but no password.
+        assert 'value="new-admin@example.jp"' in page
+        assert '<option value="admin" selected>' in page
+        assert "wrong-password-123" not in page
+    assert await running.store.db[STAFF].find_one({"email": new["email"]}) is None
+    assert [f for f in running.facts_of(F.STAFF_CREATED) if f.data["by"] == admin.id] == []
+
+    _, path, _ = await a.post(
+        "/admin/staff", {**new, "current": PASSWORD, "current_code": totp.now()}
+    )
+    assert path == "/admin/staff?msg=staff_created"
+    created = await running.wait_fact(F.STAFF_CREATED, role="admin", by=admin.id)
+    doc = await running.store.db[STAFF].find_one({"email": new["email"]})
+    assert (doc["_id"], doc["role"]) == (created.data["staff_id"], "admin")
+
+
+async def test_wrong_admin_passwords_on_the_staff_page_count_toward_the_address_wide_limit(
+    running: RunningConsole, client: Callable[[], Browserless]
+) -> None:
+    admin, counselor = await running.add_staff("admin"), await running.add_staff("counselor")
+    other = await running.add_staff("counselor")
+    a = client()  # an admin's session in someone else's hands, guessing the admin's password
+    a.http.headers["X-Forwarded-For"] = "203.0.113.9"
+    await a.login(admin.email)
+    for action, form in (
+        ("role", {"role": "admin"}),
+        ("disable", {}),
+        ("role", {"role": "supervisor"}),
+    ):
+        status, _, _ = await a.post(
+            f"/admin/staff/{counselor.id}/{action}", {**form, "current": "a-guess-at-it-1"}
+        )
+        assert status == 400
+    await running.wait_fact(F.LOGIN_FAILED, staff_id=admin.id, reason="bad_reauthentication")
+    same_place = client()
+    same_place.http.headers["X-Forwarded-For"] = "203.0.113.9"
+    status, _, page = await same_place.login(other.email)
+    assert status == 429
+    assert "この接続元からのログインの失敗が続いたため" in _error_of(page)
+    doc = await running.store.db[STAFF].find_one({"_id": counselor.id})
+    assert (doc["role"], doc["disabled"]) == ("counselor", False)
+
+
 async def test_an_admin_cannot_set_their_own_password_from_the_staff_page(
     running: RunningConsole, client: Callable[[], Browserless]
 ) -> None:

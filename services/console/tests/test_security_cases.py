@@ -239,9 +239,10 @@ async def test_a_live_stream_ends_at_once_when_another_console_process_disables_
             async with c.http.get(running.url + "/events") as stream:
                 assert "retry:" in await _read_events(stream, 0.3)
                 if ending == "disabled":
-                    await a.post(f"/admin/staff/{counselor.id}/disable")
+                    await a.post(f"/admin/staff/{counselor.id}/disable", {"current": PASSWORD})
                 elif ending == "role_changed":
-                    await a.post(f"/admin/staff/{counselor.id}/role", {"role": "supervisor"})
+                    form = {"role": "supervisor", "current": PASSWORD}
+                    await a.post(f"/admin/staff/{counselor.id}/role", form)
                 else:
                     password = {"password": "hokkaido-yuki-matsuri-2026", "current": PASSWORD}
                     status, _, _ = await a.post(

@@ -33,7 +33,7 @@ from soudan_shared.contracts import new_id, utcnow
 
 from soudan_console import broadcasts as broadcast_ops
 from soudan_console import staff as accounts
-from soudan_console.domain import CANNED, REPORT_ROLES, ROLES, Canned
+from soudan_console.domain import CANNED, REPORT_ROLES, ROLES, Canned, Staff
 from soudan_console.hours_form import HoursForm, HoursFormError, hours_preview
 from soudan_console.web import (
     TOKYO,
@@ -541,6 +541,7 @@ async def staff_create(request: web.Request) -> web.StreamResponse:
     if role not in ROLES:
         role = "counselor"
     try:
+        await _reauthenticated(request, me, form)
         await accounts.create_staff(
             console,
             email=str(form.get("email", ""))[:200],
@@ -550,26 +551,60 @@ async def staff_create(request: web.Request) -> web.StreamResponse:
             by=me.id,
         )
     except accounts.StaffError as exc:
-        return render(
+        return await _staff_page(
             request,
-            "admin_staff.html",
-            {
-                "people": await accounts.all_staff(console),
-                "required": await accounts.totp_required_roles(console),
-                "suggested": _suggest_password(),
-                "min_length": console.settings.console_password_min_length,
-                "error": str(exc),
-                "form": {k: str(v) for k, v in form.items() if k != "password"},
-            },
-            status=400,
+            str(exc),
+            form={k: str(v) for k, v in form.items() if k not in ("password", *REAUTH_FIELDS)},
         )
     raise see_other("/admin/staff", msg="staff_created")
 
 
-# Another person's password or second factor is reset only with the admin's own password (and
-# code): an admin's session alone (a borrowed computer, a stolen cookie) cannot take any staff
-# account over.
-REAUTHENTICATED_ACTIONS = frozenset({"reset-password", "reset-second-factor"})
+async def _staff_page(
+    request: web.Request, error: str, form: dict[str, str] | None = None
+) -> web.StreamResponse:
+    """The staff page again, refusing with ``error`` (nothing was changed)."""
+    console = get_console(request)
+    return render(
+        request,
+        "admin_staff.html",
+        {
+            "people": await accounts.all_staff(console),
+            "required": await accounts.totp_required_roles(console),
+            "suggested": _suggest_password(),
+            "min_length": console.settings.console_password_min_length,
+            "error": error,
+            "form": form,
+        },
+        status=400,
+    )
+
+
+# What an admin's session alone (a borrowed computer, a stolen cookie) must not be enough for:
+# resetting another person's password or second factor (taking the account over), changing
+# anyone's role (making someone admin, or demoting the admins), turning an account off or on
+# again (locking staff out, or bringing an old account back), and creating an account (a lasting
+# way in: every role but the section's reads students' conversations or runs the console). Each
+# asks the admin's own password, and their current code when they have a second factor.
+REAUTHENTICATED_ACTIONS = frozenset(
+    {"role", "disable", "enable", "reset-password", "reset-second-factor"}
+)
+REAUTH_FIELDS = ("current", "current_code")
+STAFF_ACTIONS = REAUTHENTICATED_ACTIONS | {"unlock"}
+
+
+async def _reauthenticated(request: web.Request, me: Staff, form: Any) -> None:
+    """Refuse (:class:`accounts.StaffError`) unless the form carries the admin's own current
+    password and code; failures count toward the same throttles as failed sign-ins."""
+    refused = await accounts.reauthenticate(
+        get_console(request),
+        me,
+        str(form.get("current", ""))[:1000],
+        str(form.get("current_code", ""))[:20],
+        client_source(request),
+        accounts.device_tokens(request.cookies.get(accounts.DEVICE_COOKIE)),
+    )
+    if refused:
+        raise accounts.StaffError(refused)
 
 
 @routes.post("/admin/staff/{staff_id}/{action}")
@@ -578,61 +613,37 @@ async def staff_action(request: web.Request) -> web.StreamResponse:
     console = get_console(request)
     me = current_staff(request)
     target = await accounts.get_staff(console, request.match_info["staff_id"][:64])
-    if target is None:
+    action = request.match_info["action"]
+    if target is None or action not in STAFF_ACTIONS:
         raise not_found(request)
     form = await request.post()
-    action = request.match_info["action"]
+    role = str(form.get("role", ""))
     try:
+        # What is refused anyway is refused first, so no code is used up on it.
+        if action == "role" and role not in ROLES:
+            raise accounts.StaffError("役割を選んでください。")
+        if action == "disable" and target.id == me.id:
+            raise accounts.StaffError("自分のアカウントは使えなくできません。")
+        if action.startswith("reset-") and target.id == me.id:
+            # One's own are changed on one's own pages.
+            raise accounts.StaffError(accounts.OWN_CREDENTIALS)
+        if action in REAUTHENTICATED_ACTIONS:
+            await _reauthenticated(request, me, form)
         if action == "role":
-            role = str(form.get("role", ""))
-            if role not in ROLES:
-                raise accounts.StaffError("役割を選んでください。")
             await accounts.set_role(console, target, role, by=me.id)
-        elif action == "disable":
-            if target.id == me.id:
-                raise accounts.StaffError("自分のアカウントは使えなくできません。")
-            await accounts.set_disabled(console, target, True, by=me.id)
-        elif action == "enable":
-            await accounts.set_disabled(console, target, False, by=me.id)
+        elif action in ("disable", "enable"):
+            await accounts.set_disabled(console, target, action == "disable", by=me.id)
         elif action == "unlock":
             await accounts.unlock(console, target, by=me.id)
-        elif (
-            action in REAUTHENTICATED_ACTIONS
-            and target.id != me.id  # one's own are changed on one's own pages, refused below
-            and (
-                refused := await accounts.reauthenticate(
-                    console,
-                    me,
-                    str(form.get("current", ""))[:1000],
-                    str(form.get("current_code", ""))[:20],
-                    client_source(request),
-                    accounts.device_tokens(request.cookies.get(accounts.DEVICE_COOKIE)),
-                )
-            )
-        ):
-            raise accounts.StaffError(refused)
         elif action == "reset-second-factor":
             await accounts.reset_second_factor(console, target, by=me.id)
-        elif action == "reset-password":
+        else:  # reset-password
             await accounts.change_password(
                 console, target, str(form.get("password", ""))[:300], by=me.id, must_change=True
             )
             await console.sessions.delete_for_staff(target.id)
-        else:
-            raise not_found(request)
     except accounts.StaffError as exc:
-        return render(
-            request,
-            "admin_staff.html",
-            {
-                "people": await accounts.all_staff(console),
-                "required": await accounts.totp_required_roles(console),
-                "suggested": _suggest_password(),
-                "min_length": console.settings.console_password_min_length,
-                "error": f"{target.name}: {exc}",
-            },
-            status=400,
-        )
+        return await _staff_page(request, f"{target.name}: {exc}")
     raise see_other("/admin/staff", msg=f"staff_{action}")
 
 
