@@ -5,31 +5,17 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-from soudan_fakeline import FakeLineServer, new_user_id, running_fakeline
+from soudan_fakeline import FakeLineServer, new_user_id
+from soudan_fakeline.server import TEST_ACCESS_TOKEN as TOKEN
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
-TOKEN = "test-access-token"
-SECRET = "test-channel-secret"
 MARK = "/v2/bot/chat/markAsRead"
 LOADING = "/v2/bot/chat/loading/start"
-
-
-@pytest.fixture
-async def line() -> AsyncIterator[FakeLineServer]:
-    async with running_fakeline(SECRET, [TOKEN]) as server:
-        yield server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def _post(

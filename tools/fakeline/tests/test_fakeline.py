@@ -17,26 +17,13 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from soudan_fakeline import FakeLineServer, new_user_id, running_fakeline
+from soudan_fakeline import FakeLineServer, new_user_id
 from soudan_fakeline.main import simulate
 from soudan_fakeline.platform import RateLimit
+from soudan_fakeline.server import TEST_ACCESS_TOKEN as TOKEN
+from soudan_fakeline.server import TEST_CHANNEL_SECRET as SECRET
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
-
-TOKEN = "test-access-token"
-SECRET = "test-channel-secret"
-
-
-@pytest.fixture
-async def line() -> AsyncIterator[FakeLineServer]:
-    async with running_fakeline(SECRET, [TOKEN]) as server:
-        yield server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def _post(

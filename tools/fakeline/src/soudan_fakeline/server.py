@@ -55,10 +55,15 @@ class FakeLineServer:
     webhook: WebhookSender
 
 
+#: The channel secret and access token a fake started without its own accepts (tests, demos).
+TEST_CHANNEL_SECRET = "test-channel-secret"  # noqa: S105 - a test double's
+TEST_ACCESS_TOKEN = "test-access-token"  # noqa: S105 - a test double's
+
+
 @contextlib.asynccontextmanager
 async def running_fakeline(
-    channel_secret: str = "test-channel-secret",  # noqa: S107 - a test double
-    access_tokens: Iterable[str] = ("test-access-token",),
+    channel_secret: str = TEST_CHANNEL_SECRET,
+    access_tokens: Iterable[str] = (TEST_ACCESS_TOKEN,),
     *,
     port: int | None = None,
     host: str = "127.0.0.1",
