@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from soudan_allinone.testing import Stack
-from soudan_console.testing import Browserless
+from soudan_console.testing import Browserless, reply_form_id
 from soudan_fakeline import new_user_id
 from soudan_reporting.build import build_month
 from soudan_reporting.month import Month
@@ -52,11 +52,9 @@ async def _talk_and_close(stack: Stack, user: str, *, close_at: datetime | None 
     try:
         await session.login(staff.email)
         _, _, page = await session.post(f"/cases/{case['_id']}/claim")
-        form_id = re.search(r'name="command_id" value="([^"]+)"', page)
-        assert form_id is not None
         await session.post(
             f"/cases/{case['_id']}/reply",
-            {"text": "話してくれてありがとう。", "command_id": form_id.group(1)},
+            {"text": "話してくれてありがとう。", "command_id": reply_form_id(page)},
         )
         if close_at is not None:
             stack.at(close_at)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from soudan_allinone.testing import Stack
 from soudan_console.domain import EMERGENCIES, STAFF
-from soudan_console.testing import Browserless, login
+from soudan_console.testing import Browserless, login, reply_form_id
 from soudan_fakeline import new_user_id
 from soudan_reporting.build import build_month
 from soudan_reporting.month import Month
@@ -145,11 +145,9 @@ async def test_in_hours_the_urgent_case_tops_the_queue_and_a_counselor_answers_a
         case_id = urgent_case["_id"]
         status, where, page = await session.post(f"/cases/{case_id}/claim")
         assert (status, where) == (200, f"/cases/{case_id}?msg=claimed")
-        form_id = re.search(r'name="command_id" value="([^"]+)"', page)
-        assert form_id is not None
+        text = "話してくれてありがとう。相談員の佐藤です。"
         status, where, _ = await session.post(
-            f"/cases/{case_id}/reply",
-            {"text": "話してくれてありがとう。相談員の佐藤です。", "command_id": form_id.group(1)},
+            f"/cases/{case_id}/reply", {"text": text, "command_id": reply_form_id(page)}
         )
         assert where == f"/cases/{case_id}?msg=sending"
         texts = await wait_until(
@@ -420,10 +418,8 @@ async def test_a_student_who_answers_the_school_question_after_writing_is_out_of
 async def _answer(session: Browserless, case_id: str, text: str) -> None:
     status, _, page = await session.get(f"/cases/{case_id}")
     assert status == 200
-    form_id = re.search(r'name="command_id" value="([^"]+)"', page)
-    assert form_id is not None
     _, where, _ = await session.post(
-        f"/cases/{case_id}/reply", {"text": text, "command_id": form_id.group(1)}
+        f"/cases/{case_id}/reply", {"text": text, "command_id": reply_form_id(page)}
     )
     assert where == f"/cases/{case_id}?msg=sending"
 

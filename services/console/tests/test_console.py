@@ -29,6 +29,7 @@ from soudan_console.testing import (
     RunningConsole,
     form_fields,
     queued_send_texts,
+    reply_form_id,
     seed_case,
 )
 from soudan_console.web import CONSOLE
@@ -1221,9 +1222,6 @@ async def test_a_student_who_blocked_the_account_is_shown_as_gone_on_the_queue_a
     assert "ブロックされました" not in other
 
 
-COMMAND_ID = re.compile(r'name="command_id" value="([^"]+)"')
-
-
 async def test_a_reply_forms_id_used_for_another_case_is_refused_and_a_replayed_form_sends_once(
     running: RunningConsole,
     client: Callable[[], Browserless],
@@ -1236,9 +1234,7 @@ async def test_a_reply_forms_id_used_for_another_case_is_refused_and_a_replayed_
     c = client()
     await c.login(counselor.email)
     _, _, page = await c.get(f"/cases/{p.id}")
-    match = COMMAND_ID.search(page)
-    assert match is not None
-    form_id = match.group(1)
+    form_id = reply_form_id(page)
     form = {"text": "Pさんへの返事", "command_id": form_id}
     status, where, _ = await c.post(f"/cases/{p.id}/reply", form)
     assert (status, where) == (200, f"/cases/{p.id}?msg=sending")
@@ -1251,9 +1247,7 @@ async def test_a_reply_forms_id_used_for_another_case_is_refused_and_a_replayed_
     assert status == 409
     assert "別の相談" in html
     assert "Qさんへの返事" in html  # the draft is kept
-    fresh = COMMAND_ID.search(html)
-    assert fresh is not None
-    assert fresh.group(1) != form_id
+    assert reply_form_id(html) != form_id
 
     status, _, html = await c.post(
         f"/cases/{q.id}/reply", {"text": "Qさんへの返事", "command_id": "made-up"}

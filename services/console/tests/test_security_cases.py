@@ -17,9 +17,11 @@ from soudan_console.domain import EMERGENCIES
 from soudan_console.settings import ConsoleSettings
 from soudan_console.testing import (
     PASSWORD,
+    REPLY_FORM_ID,
     Browserless,
     RunningConsole,
     queued_send_texts,
+    reply_form_id,
     seed_case,
 )
 from soudan_shared import fact_types as F
@@ -30,9 +32,6 @@ from soudan_shared.testing.waiting import wait_until
 from soudan_shared.topology import Topology
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
-
-COMMAND_ID = re.compile(r'name="command_id" value="([^"]+)"')
-
 
 # -- item 1: a reply form is one send ---------------------------------------------------------
 
@@ -48,9 +47,7 @@ async def test_a_reply_form_sent_twice_at_once_asks_for_one_send_and_one_reply(
     c = client()
     await c.login(counselor.email)
     _, _, page = await c.get(f"/cases/{case.id}")
-    match = COMMAND_ID.search(page)
-    assert match is not None
-    form = {"text": "だいじょうぶだよ", "command_id": match.group(1)}
+    form = {"text": "だいじょうぶだよ", "command_id": reply_form_id(page)}
     # A double click that the browser sent twice before the first answer came back.
     answers = await asyncio.gather(*(c.post(f"/cases/{case.id}/reply", form) for _ in range(3)))
     assert [(status, path) for status, path, _ in answers] == [
@@ -59,7 +56,7 @@ async def test_a_reply_form_sent_twice_at_once_asks_for_one_send_and_one_reply(
     commands = await wait_until(lambda: queued_send_texts(rabbitmq_url, topology))
     await asyncio.sleep(0.5)  # a second command would have been published by now
     commands += await queued_send_texts(rabbitmq_url, topology)
-    assert [(cmd.id, cmd.texts) for cmd in commands] == [(match.group(1), ["だいじょうぶだよ"])]
+    assert [(cmd.id, cmd.texts) for cmd in commands] == [(form["command_id"], ["だいじょうぶだよ"])]
     assert len(running.facts_of(F.REPLY_REQUESTED)) == 1
     stored = await running.store.db[MESSAGES].count_documents({"direction": "out"})
     assert stored == 1
@@ -108,7 +105,7 @@ async def test_every_case_action_is_taken_exactly_when_the_case_page_offers_it(
         case = await seed_case(running.store, state=state, claimed_by=claimed_by)
         status, _, page = await c.get(f"/cases/{case.id}")
         offered = status == 200 and f'action="/cases/{case.id}/{action}"' in page
-        found = COMMAND_ID.search(page)
+        found = REPLY_FORM_ID.search(page)
         data = {
             "reply": {"text": "こんにちは", "command_id": found.group(1) if found else "x"},
             "notes": {"note": "様子を見る"},

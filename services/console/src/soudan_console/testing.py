@@ -209,6 +209,15 @@ def form_fields(html: str, form_id: str) -> dict[str, str]:
 
 
 CSRF = re.compile(r'data-csrf="([^"]*)"')
+REPLY_FORM_ID = re.compile(r'name="command_id" value="([^"]+)"')
+
+
+def reply_form_id(page: str) -> str:
+    """The id of the reply form on a case page (bound by the console to the case and the staff
+    member: the id a reply posts as ``command_id``)."""
+    match = REPLY_FORM_ID.search(page)
+    assert match is not None, "no reply form on the page"
+    return match.group(1)
 
 
 class Browserless:
