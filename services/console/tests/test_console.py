@@ -710,6 +710,37 @@ async def test_a_broadcast_is_counted_sent_to_dispatch_once_and_tracked(
     await wait_until(finished, timeout=30, message="broadcast finished")
 
 
+async def test_a_broadcast_whose_facts_arrive_out_of_order_is_shown_finished_not_sending(
+    running: RunningConsole, client: Callable[[], Browserless], fact_bus: Bus
+) -> None:
+    # The console handles facts concurrently: dispatch's "started" may be applied last.
+    broadcast_id = "bc-" + new_id()
+    for fact_type, data in (
+        (F.BROADCAST_FINISHED, {"recipients": 2, "failures": 0}),
+        (F.BROADCAST_CHUNK_SENT, {"chunk": 0, "recipients": 2}),
+        (F.BROADCAST_STARTED, {"planned": 2, "template": "open_now", "audience": "registered"}),
+    ):
+        await fact_bus.publish(
+            Fact(type=fact_type, service="dispatch", data={"broadcast_id": broadcast_id, **data})
+        )
+
+    async def planned() -> dict[str, Any] | None:
+        doc = await running.store.db[BROADCASTS].find_one({"_id": broadcast_id})
+        return doc if doc and doc.get("planned") == 2 else None
+
+    doc = await wait_until(planned, timeout=30, message="the started fact applied")
+    assert doc["state"] == "finished"
+    assert doc["recipients"] == 2
+    assert doc["template"] == "open_now"  # listed by its end, described by its start
+    assert doc["requested_by"] == broadcasts.SCHEDULE
+    admin = await running.add_staff("admin")
+    a = client()
+    await a.login(admin.email)
+    _, _, page = await a.get("/admin/broadcasts")
+    assert "完了" in page
+    assert "送信中" not in page
+
+
 async def test_a_send_whose_choices_differ_from_the_preview_is_refused_and_previewed_again(
     running: RunningConsole, client: Callable[[], Browserless]
 ) -> None:

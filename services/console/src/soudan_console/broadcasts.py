@@ -388,16 +388,36 @@ async def send_due(console: Console) -> int:
         sent += 1
 
 
+ENDED_STATES = ("finished", "refused")
+PROGRESS_FACTS = (
+    F.BROADCAST_STARTED,
+    F.BROADCAST_CHUNK_SENT,
+    F.BROADCAST_FINISHED,
+    F.BROADCAST_REFUSED,
+)
+DESCRIBING_FACTS = (F.BROADCAST_STARTED, F.BROADCAST_REFUSED)  # the ones that say what it was
+
+
 async def on_progress(console: Console, fact_type: str, data: dict[str, Any]) -> None:
-    """Keep a broadcast's progress from dispatch's facts (idempotent: a repeat sets the same)."""
+    """Keep a broadcast's progress from dispatch's facts (idempotent: a repeat sets the same).
+
+    The console handles facts concurrently, so any of them may be applied first: each lists a
+    broadcast the console did not request, and one that has ended never goes back to sending.
+    """
     broadcast_id = data.get("broadcast_id")
-    if not broadcast_id:
+    if not broadcast_id or fact_type not in PROGRESS_FACTS:
         return
-    if fact_type in (F.BROADCAST_STARTED, F.BROADCAST_REFUSED):
-        await _list_unknown(console, broadcast_id, data)
+    await _list_unknown(console, broadcast_id, data, describing=fact_type in DESCRIBING_FACTS)
     update: dict[str, Any] = {}
     if fact_type == F.BROADCAST_STARTED:
-        update = {"state": "started", "planned": data.get("planned")}
+        planned = {"planned": data.get("planned")}
+        started = await console.db[BROADCASTS].update_one(
+            {"_id": broadcast_id, "state": {"$nin": list(ENDED_STATES)}},
+            {"$set": {"state": "started", **planned}},
+        )
+        if started.matched_count:
+            return
+        update = planned  # it has ended already: only the count it planned
     elif fact_type == F.BROADCAST_CHUNK_SENT:
         update = {f"chunks.{data.get('chunk')}": int(data.get("recipients") or 0)}
     elif fact_type == F.BROADCAST_FINISHED:
@@ -408,12 +428,15 @@ async def on_progress(console: Console, fact_type: str, data: dict[str, Any]) ->
         }
     elif fact_type == F.BROADCAST_REFUSED:
         update = {"state": "refused", "detail": str(data.get("reason") or "")[:300]}
-    if update:
-        await console.db[BROADCASTS].update_one({"_id": broadcast_id}, {"$set": update})
+    await console.db[BROADCASTS].update_one({"_id": broadcast_id}, {"$set": update})
 
 
-async def _list_unknown(console: Console, broadcast_id: str, data: dict[str, Any]) -> None:
-    """A broadcast the console did not request (dispatch's schedule) joins the list."""
+async def _list_unknown(
+    console: Console, broadcast_id: str, data: dict[str, Any], *, describing: bool
+) -> None:
+    """A broadcast the console did not request (dispatch's schedule) joins the list, from
+    whichever of its facts comes first; one listed by a fact that does not describe it (a chunk,
+    its end) takes its template and audience from the first that does."""
     now = utcnow()
     audience = data.get("audience")
     listed = Broadcast(
@@ -429,9 +452,14 @@ async def _list_unknown(console: Console, broadcast_id: str, data: dict[str, Any
     )
     document = listed.to_document()
     del document["_id"]  # taken from the filter on insert; never set on an update
-    await console.db[BROADCASTS].update_one(
+    inserted = await console.db[BROADCASTS].update_one(
         {"_id": broadcast_id}, {"$setOnInsert": document}, upsert=True
     )
+    if describing and inserted.upserted_id is None and listed.template:
+        described = {k: document[k] for k in ("template", "texts_digest", "audience")}
+        await console.db[BROADCASTS].update_one(
+            {"_id": broadcast_id, "requested_by": SCHEDULE, "template": ""}, {"$set": described}
+        )
 
 
 async def recent(console: Console, limit: int = 30) -> list[dict[str, Any]]:
