@@ -1,7 +1,9 @@
-"""Starting a service: a port that is already taken stops it with one clear line."""
+"""Starting a service: a port that is already taken stops it with one clear line; the loop
+it runs on."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -9,7 +11,14 @@ from collections.abc import Iterator
 
 import pytest
 from aiohttp import web
-from soudan_shared.runtime import PortInUse, start_site
+from soudan_shared.runtime import (
+    EVENT_LOOP_ENV,
+    PortInUse,
+    event_loop_name,
+    new_event_loop,
+    run_async,
+    start_site,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -52,3 +61,16 @@ async def test_a_site_started_in_a_running_loop_on_a_port_in_use_says_so(
 ) -> None:
     with pytest.raises(PortInUse, match=f"127.0.0.1:{taken_port}: the port is already in use"):
         await start_site(web.Application(), taken_port, "127.0.0.1")
+
+
+def test_a_service_runs_on_uvloop_unless_told_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def running_loop() -> str:
+        return event_loop_name(asyncio.get_running_loop())
+
+    monkeypatch.delenv(EVENT_LOOP_ENV, raising=False)
+    assert run_async(running_loop()) == "uvloop"
+    monkeypatch.setenv(EVENT_LOOP_ENV, "asyncio")
+    assert run_async(running_loop()) == "asyncio"
+    monkeypatch.setenv(EVENT_LOOP_ENV, "trio")
+    with pytest.raises(SystemExit, match="SOUDAN_EVENT_LOOP must be one of uvloop, asyncio"):
+        new_event_loop()

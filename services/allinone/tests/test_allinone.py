@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -26,14 +28,16 @@ async def _status(url: str) -> int:
         return 0
 
 
+@pytest.mark.parametrize("event_loop", ["", "asyncio"])
 async def test_soudan_all_with_the_memory_store_answers_on_every_port_and_stops_cleanly(
-    service_env: dict[str, str],
+    service_env: dict[str, str], event_loop: str
 ) -> None:
     ports = {name: free_port() for name in SERVICES}
     env = {
         **os.environ,
         **service_env,
         "MONGODB_URL": "memory://",
+        "SOUDAN_EVENT_LOOP": event_loop,  # empty: the default, uvloop
         **{f"{name}_PORT": str(port) for name, port in ports.items()},
     }
     exe = Path(sys.executable).parent / "soudan-all"
@@ -60,6 +64,12 @@ async def test_soudan_all_with_the_memory_store_answers_on_every_port_and_stops_
     log = stderr.decode()
     assert "memory_store_in_use" in log
     assert log.count("memory_store_in_use") == 1
+    loops = [line.get("loop") for line in _json_lines(log) if line.get("event") == "event_loop"]
+    assert loops == [event_loop or "uvloop"]
+
+
+def _json_lines(log: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
 
 
 async def _ready(url: str) -> bool:

@@ -13,8 +13,8 @@ import contextlib
 import errno
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
@@ -144,11 +144,48 @@ def _bound_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+T = TypeVar("T")
+
+EVENT_LOOP_ENV = "SOUDAN_EVENT_LOOP"
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The loop a service runs on: uvloop's (libuv, the same asyncio API at a lower cost per
+    socket operation: docs/BENCHMARKS.md, "Cost of one message") unless ``SOUDAN_EVENT_LOOP``
+    says ``asyncio``, or uvloop is not installed (it is a dependency wherever it builds)."""
+    choice = os.environ.get(EVENT_LOOP_ENV, "uvloop").strip().lower() or "uvloop"
+    if choice not in EVENT_LOOPS:
+        allowed = ", ".join(EVENT_LOOPS)
+        raise SystemExit(f"{EVENT_LOOP_ENV} must be one of {allowed}, not {choice!r}")
+    if choice == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - a platform uvloop does not build on
+            log.warning("uvloop_unavailable")
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def event_loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """``uvloop`` or ``asyncio``: which loop a process runs on, for its start-up log line."""
+    return type(loop).__module__.split(".")[0]
+
+
+def run_async(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)`` on the service loop (:func:`new_event_loop`)."""
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main)
+
+
 def serve(app: web.Application, port: int, *, host: str = "0.0.0.0") -> None:  # noqa: S104
     """Run one service until SIGTERM/SIGINT, closing its resources cleanly; a port in use
     stops it at once with one line (:class:`PortInUse`), not a traceback."""
     sock = _bound_socket(host, port)
-    web.run_app(app, sock=sock, print=None, access_log=None, shutdown_timeout=10)
+    loop = new_event_loop()
+    log.info("event_loop", loop=event_loop_name(loop))
+    web.run_app(app, sock=sock, print=None, access_log=None, shutdown_timeout=10, loop=loop)
 
 
 async def start_site(app: web.Application, port: int, host: str = "0.0.0.0") -> web.AppRunner:  # noqa: S104

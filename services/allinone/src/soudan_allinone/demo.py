@@ -74,7 +74,7 @@ from soudan_console.web import CONSOLE
 from soudan_fakeline import FakeLineServer, free_port, new_user_id, running_fakeline
 from soudan_shared.config_store import delete_override
 from soudan_shared.contracts import utcnow
-from soudan_shared.runtime import setup_logging, start_site
+from soudan_shared.runtime import run_async, setup_logging, start_site
 from soudan_shared.settings import load_settings
 from soudan_shared.store import MEMORY_URL, is_memory_url, open_store
 from soudan_triage.app import TRIAGE
@@ -687,7 +687,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(exc))
     url = f"{server.url}soudan" if server is not None else MEMORY_URL
     try:
-        code = asyncio.run(
+        code = run_async(
             run(once=args.once, host=args.host, free_ports=args.free_ports, mongodb_url=url)
         )
     except DemoError as exc:

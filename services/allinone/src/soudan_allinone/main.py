@@ -30,7 +30,7 @@ from soudan_ingress.app import create_app as create_ingress
 from soudan_ingress.settings import IngressSettings
 from soudan_reporting.app import create_app as create_reporting
 from soudan_reporting.settings import ReportingSettings
-from soudan_shared.runtime import setup_logging, start_site
+from soudan_shared.runtime import event_loop_name, run_async, setup_logging, start_site
 from soudan_shared.settings import BaseServiceSettings, load_settings
 from soudan_shared.store import MEMORY_URL
 from soudan_shared.testing.secantus import SecantusServer, start_secantus
@@ -64,6 +64,7 @@ async def run(host: str, only: set[str] | None = None) -> None:
     runners: list[web.AppRunner] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    log.info("event_loop", loop=event_loop_name(loop))
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     if server is not None:
         os.environ["MONGODB_URL"] = f"{server.url}soudan"
     try:
-        asyncio.run(run(args.host, only))
+        run_async(run(args.host, only))
     finally:
         if server is not None:
             server.stop()
