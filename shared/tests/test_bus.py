@@ -14,9 +14,18 @@ from typing import Any
 import aio_pika
 import pytest
 from pymongo.errors import ServerSelectionTimeoutError
-from soudan_shared.bus import REASON_HEADER, Bus, Permanent, PublishFailed, RetryPolicy, Transient
-from soudan_shared.contracts import Fact, LineEventReceived
+from soudan_shared.bus import (
+    REASON_HEADER,
+    Bus,
+    Permanent,
+    PublishFailed,
+    RetryPolicy,
+    Transient,
+    topic_matches,
+)
+from soudan_shared.contracts import Fact, FactBatch, LineEventReceived
 from soudan_shared.fact_types import BUS_DEAD_LETTERED
+from soudan_shared.facts import Facts
 from soudan_shared.testing.waiting import wait_until
 from soudan_shared.topology import FACTS_QUEUE, Topology, line_event_queue
 
@@ -431,3 +440,132 @@ async def test_a_bus_whose_set_up_fails_tries_again_until_it_is_ready(
     await bus.wait_started(15)
     assert bus.is_ready
     await bus.publish(_fact(7))  # and it works
+
+
+# -- the facts of one event in one message (FactBatch) ------------------------------------------
+
+
+def _facts_of_one_event(service: str = "triage") -> list[Fact]:
+    kinds = ("case.opened", "message.received", "auto_reply.decided")
+    return [Fact(type=kind, service=service, data={"n": n}) for n, kind in enumerate(kinds)]
+
+
+async def test_the_facts_of_one_event_go_in_one_message_and_arrive_one_by_one(
+    make_bus: Callable[..., Bus],
+) -> None:
+    recorded: list[Fact] = []
+    live: list[str] = []
+    triage = make_bus("triage")
+    triage.start()
+    await triage.wait_started(10)
+    watcher = make_bus("console")
+
+    async def record(fact: Fact) -> None:
+        recorded.append(fact)
+
+    async def show(fact: Fact) -> None:
+        live.append(fact.type)
+
+    watcher.consume(FACTS_QUEUE, Fact, record)
+    watcher.subscribe(("fact.case.#", "fact.message.#"), Fact, show)
+    watcher.start()
+    await watcher.wait_started(10)
+
+    facts = _facts_of_one_event()
+    await Facts(triage, "triage").publish_together(facts)
+
+    await wait_until(lambda: len(recorded) == 3, message="the recorder got every fact")
+    assert sorted(recorded, key=lambda f: f.data["n"]) == facts  # each whole, ids kept
+    await wait_until(lambda: len(live) == 2, message="the live view got the facts it binds")
+    assert sorted(live) == ["case.opened", "message.received"]
+    assert triage.metrics.published.labels("facts")._value.get() == 1  # one publish, one confirm
+    assert triage.metrics.published.labels("fact")._value.get() == 0
+
+
+async def test_a_live_view_bound_to_none_of_a_batchs_facts_is_never_called_for_it(
+    make_bus: Callable[..., Bus],
+) -> None:
+    seen: list[str] = []
+    watcher = make_bus("console")
+
+    async def show(fact: Fact) -> None:
+        seen.append(fact.type)
+
+    watcher.subscribe(("fact.staff.#",), Fact, show)
+    watcher.start()
+    await watcher.wait_started(10)
+    publisher = make_bus("triage")
+    publisher.start()
+    await publisher.wait_started(10)
+    await Facts(publisher, "triage").publish_together(_facts_of_one_event())
+    await publisher.publish(Fact(type="staff.disabled", service="console"))
+    await wait_until(lambda: seen, message="the fact it binds")
+    await asyncio.sleep(0.3)
+    assert seen == ["staff.disabled"]
+
+
+async def test_a_batch_with_a_failing_fact_is_handled_again_whole_and_each_effect_is_kept_once(
+    make_bus: Callable[..., Bus],
+) -> None:
+    attempts: dict[str, int] = defaultdict(int)
+    effects: dict[str, int] = defaultdict(int)
+    bus = make_bus()
+
+    async def handle(fact: Fact) -> None:  # idempotent, as every fact handler is
+        attempts[fact.id] += 1
+        if fact.type == "message.received" and attempts[fact.id] < 3:
+            raise Transient("store not reachable yet")
+        effects[fact.id] = 1
+
+    bus.consume(FACTS_QUEUE, Fact, handle, retry=RetryPolicy(attempts=1, first_delay=0.01))
+    bus.start()
+    await bus.wait_started(10)
+    facts = _facts_of_one_event()
+    await Facts(bus, "triage").publish_together(facts)
+    await wait_until(lambda: len(effects) == 3, message="every effect")
+    assert {f.id: attempts[f.id] for f in facts} == {
+        facts[0].id: 3,  # redelivered with the batch, and applied once
+        facts[1].id: 3,
+        facts[2].id: 3,
+    }
+
+
+async def test_a_batch_with_a_fact_that_can_never_be_handled_is_dead_lettered_whole(
+    make_bus: Callable[..., Bus], raw_channel: aio_pika.abc.AbstractChannel, topology: Topology
+) -> None:
+    bus = make_bus()
+
+    async def handle(fact: Fact) -> None:
+        if fact.type == "message.received":
+            raise Permanent("case does not exist")
+
+    bus.consume(FACTS_QUEUE, Fact, handle)
+    bus.start()
+    await bus.wait_started(10)
+    await Facts(bus, "triage").publish_together(_facts_of_one_event())
+    dead = await wait_until(
+        lambda: _dead_letters(raw_channel, topology, FACTS_QUEUE), message="dead letter"
+    )
+    assert dead[0].headers[REASON_HEADER] == "case does not exist"
+    kept = FactBatch.model_validate_json(dead[0].body)
+    assert [f.type for f in kept.facts] == ["case.opened", "message.received", "auto_reply.decided"]
+
+
+def test_bindings_match_fact_types_as_the_brokers_topic_exchange_does() -> None:
+    assert topic_matches("fact.case.#", "fact.case.opened")
+    assert topic_matches("fact.case.#", "fact.case")
+    assert topic_matches("fact.#", "fact.security.login_failed")
+    assert topic_matches("fact.*.opened", "fact.case.opened")
+    assert topic_matches("#", "fact.case.opened")
+    assert topic_matches("fact.security.password_changed", "fact.security.password_changed")
+    assert not topic_matches("fact.case.#", "fact.cases.opened")
+    assert not topic_matches("fact.*", "fact.case.opened")
+    assert not topic_matches("fact.security.password_changed", "fact.security.password")
+
+
+def test_a_batch_holds_one_services_facts_and_its_id_follows_from_theirs() -> None:
+    facts = _facts_of_one_event()
+    assert FactBatch.of(facts).id == FactBatch.of(list(facts)).id
+    assert FactBatch.of(facts).id != FactBatch.of(facts[:2]).id
+    with pytest.raises(ValueError, match="one service"):
+        FactBatch.of([*facts, Fact(type="reply.sent", service="dispatch")])

@@ -1,5 +1,5 @@
-"""What one student message costs triage in store round trips (issue 17): every read and write
-it needs, and none twice."""
+"""What one student message costs triage in store round trips and bus messages (issue 17): every
+read and write it needs, none twice, and its facts in one message."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from soudan_shared import fact_types as F
 from soudan_shared.config_store import ConfigSource
-from soudan_shared.contracts import Message
+from soudan_shared.contracts import FactBatch, Message
 from soudan_shared.facts import Facts
 from soudan_shared.records import INDEXES
 from soudan_shared.store import Store
@@ -36,8 +37,10 @@ async def db(store: Store) -> Any:
     return store.db
 
 
-def triage(db: Any, counted: CountedDb, config_dir: Path, clock: Any) -> Triage:
-    publisher = Publisher()
+def triage(
+    db: Any, counted: CountedDb, config_dir: Path, clock: Any, publisher: Publisher | None = None
+) -> Triage:
+    publisher = publisher or Publisher()
     return Triage(
         TriageStore(counted),
         ConfigSource(config_dir, db),
@@ -52,7 +55,16 @@ async def test_a_new_student_writing_at_night_costs_nine_round_trips(
 ) -> None:
     counted = CountedDb(db)
     event = line.text(line.user(), "こんばんは。", NIGHT)
-    await triage(db, counted, config_dir, NIGHT).handle(event)
+    publisher = Publisher()
+    await triage(db, counted, config_dir, NIGHT, publisher).handle(event)
+    # two bus messages: the out-of-hours reply, and the event's three facts together
+    assert [type(m).__name__ for m in publisher.published] == ["SendText", "FactBatch"]
+    (batch,) = [m for m in publisher.published if isinstance(m, FactBatch)]
+    assert sorted(f.type for f in batch.facts) == [
+        F.AUTO_REPLY_DECIDED,
+        F.CASE_OPENED,
+        F.MESSAGE_RECEIVED,
+    ]
     # nothing to read about a student never seen but their triage state (early unsends); the
     # message's reply token is the automatic reply's, stored by dispatch as it claims it
     assert counted.calls == {

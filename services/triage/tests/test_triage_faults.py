@@ -13,7 +13,7 @@ import pytest
 from soudan_shared import fact_types as F
 from soudan_shared.bus import PublishFailed
 from soudan_shared.config_store import ConfigSource
-from soudan_shared.contracts import Fact, LineEventReceived, Message, SendText
+from soudan_shared.contracts import Fact, LineEventReceived, Message, SendText, unbatched
 from soudan_shared.facts import Facts
 from soudan_shared.records import CASES, INDEXES, MESSAGES
 from soudan_shared.store import Store
@@ -32,7 +32,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.timeout(90
 
 
 class FlakyPublisher:
-    """Publishes into a list; fails the ``fail_on``-th publish (1-based) once."""
+    """Publishes into a list (a batch's facts as its consumers see them: one by one); fails
+    the ``fail_on``-th publish (1-based) once."""
 
     def __init__(self, fail_on: int | None = None) -> None:
         self.fail_on = fail_on
@@ -43,7 +44,7 @@ class FlakyPublisher:
         self.calls += 1
         if self.calls == self.fail_on:
             raise PublishFailed("broker went away")
-        self.published.append(message)
+        self.published.extend(unbatched([message]))
 
 
 class CrashingStore(TriageStore):

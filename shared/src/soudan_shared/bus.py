@@ -16,6 +16,12 @@ the handler's effects are stored. What a handler cannot ever handle is dead-lett
 times and then requeued, and the queue's delivery limit dead-letters a message that never
 succeeds. Messages that share an ordering key are handled one after another, in delivery order.
 
+Facts may come one per message or several in one :class:`~soudan_shared.contracts.FactBatch`
+(the facts of one handled event): a consumer of facts never sees the batch. Its handler is called
+once per fact (those matching its bindings, for a live view), concurrently, and the batch is
+acknowledged when all of them are handled; if one fails, the whole batch is tried again (handlers
+are idempotent) or dead-lettered whole, with the reason.
+
 A consumer may name a ``priority`` test: among the messages it holds (up to ``prefetch``), those
 that pass it start first, ahead of other keys' messages delivered earlier; the order within one
 key never changes (a key's earlier messages go first with it). Triage uses it so an urgent text
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import uuid
 from collections import deque
@@ -52,6 +59,7 @@ from yarl import URL
 
 from soudan_shared.contracts import (
     Fact,
+    FactBatch,
     Message,
     MessageRejected,
     new_id,
@@ -59,7 +67,7 @@ from soudan_shared.contracts import (
     stable_id,
 )
 from soudan_shared.fact_types import BUS_DEAD_LETTERED
-from soudan_shared.topology import Topology
+from soudan_shared.topology import FACT_BATCHES, Topology
 
 log = structlog.get_logger(__name__)
 
@@ -542,7 +550,7 @@ def _amqp_message(message: Message, service: str) -> aio_pika.Message:
 @dataclass(frozen=True, slots=True)
 class _Waiting(Generic[M]):
     incoming: AbstractIncomingMessage
-    message: M
+    message: M | FactBatch
     first: bool
 
 
@@ -601,6 +609,8 @@ class _Consumer(Generic[M]):
             )
             for key in self.live_bindings:
                 await self._queue.bind(self.bus.topology.exchange, routing_key=key)
+            if self._takes_batches:
+                await self._queue.bind(self.bus.topology.exchange, routing_key=FACT_BATCHES)
         else:
             # Declared (passively) rather than looked up, so the robust channel restores the
             # consumer after a reconnect.
@@ -628,16 +638,24 @@ class _Consumer(Generic[M]):
         structlog.contextvars.bind_contextvars(
             message_id=incoming.message_id, correlation_id=incoming.correlation_id
         )
+        message: M | FactBatch
         try:
-            message = parse_message(self.model, incoming.body)
+            if incoming.type == BATCH_TYPE and self._takes_batches:
+                message = self._wanted(parse_message(FactBatch, incoming.body))
+            else:
+                message = parse_message(self.model, incoming.body)
         except MessageRejected as exc:
             await self._dead_letter(incoming, f"unparseable: {exc}")
             return
-        key = self.ordering_key(message) if self.ordering_key else None
+        if isinstance(message, FactBatch) and not message.facts:
+            await self._settle(incoming, "handled")  # none of its facts is for this view
+            return
+        one = cast(M, message.facts[0] if isinstance(message, FactBatch) else message)
+        key = self.ordering_key(one) if self.ordering_key else None
         if key is None:
             await self._handle(incoming, message, key)
             return
-        first = self.priority is not None and self.priority(message)
+        first = self.priority is not None and self.priority(one)
         self._waiting.setdefault(key, deque()).append(_Waiting(incoming, message, first))
         if key not in self._running:
             self._make_ready(key, first)
@@ -690,14 +708,46 @@ class _Consumer(Generic[M]):
                 self._requeueing.discard(key)
             self._start_ready()
 
-    async def _handle(self, incoming: AbstractIncomingMessage, message: M, key: str | None) -> None:
+    @property
+    def _takes_batches(self) -> bool:
+        """Whether this consumer handles facts (and so receives them in batches too)."""
+        if self.live_bindings is None:
+            return issubclass(self.model, Fact)
+        return any(key.startswith("fact.") or key == "#" for key in self.live_bindings)
+
+    def _wanted(self, batch: FactBatch) -> FactBatch:
+        """``batch`` with only the facts this consumer's bindings take (all of them, for a
+        durable queue: the broker routed the batch to it by its own binding)."""
+        if self.live_bindings is None:
+            return batch
+        facts = [f for f in batch.facts if _bound(self.live_bindings, f"fact.{f.type}")]
+        if len(facts) == len(batch.facts):
+            return batch
+        return batch.model_construct(**{**dict(batch), "facts": facts})
+
+    async def _call(self, message: M | FactBatch) -> None:
+        if not isinstance(message, FactBatch):
+            await self.handler(message)
+            return
+        handler = cast(Handler[Fact], self.handler)
+        results = await asyncio.gather(
+            *(handler(fact) for fact in message.facts), return_exceptions=True
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            # a fact that can never be handled decides for the batch: it is dead-lettered whole
+            raise next((f for f in failures if isinstance(f, Permanent)), failures[0])
+
+    async def _handle(
+        self, incoming: AbstractIncomingMessage, message: M | FactBatch, key: str | None
+    ) -> None:
         structlog.contextvars.bind_contextvars(
             message_id=incoming.message_id, correlation_id=incoming.correlation_id
         )
         attempt = waits = 0
         while True:
             try:
-                await self.handler(message)
+                await self._call(message)
             except Permanent as exc:
                 await self._dead_letter(incoming, str(exc) or type(exc).__name__)
                 return
@@ -783,6 +833,28 @@ class _Consumer(Generic[M]):
             log.warning("settle_failed", queue=self.queue_name, error=type(exc).__name__)
             return
         self.bus.metrics.consumed.labels(self.queue_name, outcome).inc()
+
+
+BATCH_TYPE = FactBatch.model_fields["type"].default
+
+
+@functools.lru_cache(maxsize=4096)
+def topic_matches(pattern: str, routing_key: str) -> bool:
+    """Whether ``routing_key`` matches the binding ``pattern`` as RabbitMQ's topic exchange
+    decides it: words separated by dots, ``*`` exactly one word, ``#`` zero or more."""
+
+    def match(p: tuple[str, ...], k: tuple[str, ...]) -> bool:
+        if not p:
+            return not k
+        if p[0] == "#":
+            return match(p[1:], k) or (bool(k) and match(p, k[1:]))
+        return bool(k) and p[0] in ("*", k[0]) and match(p[1:], k[1:])
+
+    return match(tuple(pattern.split(".")), tuple(routing_key.split(".")))
+
+
+def _bound(bindings: Sequence[str], routing_key: str) -> bool:
+    return any(topic_matches(pattern, routing_key) for pattern in bindings)
 
 
 def _channel_closed(incoming: AbstractIncomingMessage) -> bool:

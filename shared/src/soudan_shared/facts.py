@@ -1,11 +1,21 @@
-"""One helper every service uses to publish a fact ``{id, type, at, service, data}``."""
+"""One helper every service uses to publish a fact ``{id, type, at, service, data}``, alone or
+with the other facts of the same cause in one bus message (:meth:`Facts.publish_together`)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from soudan_shared.contracts import Fact, Message, stable_id, utcnow
+from soudan_shared.contracts import (
+    MAX_FACTS_PER_BATCH,
+    Fact,
+    FactBatch,
+    Message,
+    stable_id,
+    utcnow,
+)
 
 
 class Publisher(Protocol):
@@ -56,3 +66,15 @@ class Facts:
         fact = self.make(type, data, cause=cause, at=at, correlation_id=correlation_id)
         await self._publisher.publish(fact)
         return fact
+
+    async def publish_together(self, facts: Sequence[Fact]) -> None:
+        """Publish the facts of one cause in one bus message (a :class:`FactBatch`; one fact
+        goes alone): one confirm for all. Their consumers receive each fact as if it had been
+        published on its own."""
+        if len(facts) == 1:
+            await self._publisher.publish(facts[0])
+            return
+        chunks = [
+            facts[i : i + MAX_FACTS_PER_BATCH] for i in range(0, len(facts), MAX_FACTS_PER_BATCH)
+        ]
+        await asyncio.gather(*(self._publisher.publish(FactBatch.of(c)) for c in chunks))

@@ -21,6 +21,7 @@ from typing import Any
 
 from soudan_shared.contracts import (
     Fact,
+    FactBatch,
     LineEventReceived,
     MarkRead,
     Message,
@@ -30,6 +31,8 @@ from soudan_shared.contracts import (
 )
 
 LINE_EVENT_SHARDS = 4
+# The routing keys of fact batches (``facts.<service>``): bound wherever facts are consumed.
+FACT_BATCHES = "facts.*"
 MAX_LINE_EVENT_SHARDS = 64
 DEFAULT_DELIVERY_LIMIT = 10
 
@@ -87,7 +90,7 @@ class Topology:
             *shards,
             QueueSpec(SEND_TEXT_QUEUE, ("command.send_text",), single_active_consumer=False),
             QueueSpec(BROADCAST_QUEUE, ("command.start_broadcast",)),
-            QueueSpec(FACTS_QUEUE, ("fact.#",)),
+            QueueSpec(FACTS_QUEUE, ("fact.#", FACT_BATCHES)),
             QueueSpec(MARK_READ_QUEUE, ("command.mark_read",)),
             QueueSpec(LOADING_QUEUE, ("command.start_loading",)),
             *self.extra_queues,
@@ -123,6 +126,8 @@ class Topology:
             return "command.start_broadcast"
         if isinstance(message, Fact):
             return f"fact.{message.type}"
+        if isinstance(message, FactBatch):
+            return f"facts.{message.service}"
         if isinstance(message, MarkRead):
             return "command.mark_read"
         if isinstance(message, StartLoading):

@@ -75,6 +75,7 @@ class Triage:
         self.publisher = publisher
         self.clock = clock
         self.metrics = metrics or TriageMetrics()
+        self.facts = facts
         self.decider = Decider(store, facts)
         self._hours: tuple[HoursConfig, Hours] | None = None
         self._lexicon = load_lexicon(config.config_dir)
@@ -133,8 +134,12 @@ class Triage:
                 return
         else:
             await self.store.apply(plan, guard_case=False)
-        # Independent and idempotent (fixed ids): wait for all the broker's confirms at once.
-        await asyncio.gather(*(self.publisher.publish(m) for m in (*plan.commands, *plan.facts)))
+        # Independent and idempotent (fixed ids): wait for all the broker's confirms at once;
+        # the facts go in one message.
+        await asyncio.gather(
+            *(self.publisher.publish(command) for command in plan.commands),
+            self.facts.publish_together(plan.facts),
+        )
         await self.store.mark_done(event_id)
         self.metrics.events.labels(event.event_type, plan.outcome.split(":")[0]).inc()
         self.metrics.seconds.observe(time.perf_counter() - started)
