@@ -569,3 +569,25 @@ def test_a_batch_holds_one_services_facts_and_its_id_follows_from_theirs() -> No
     assert FactBatch.of(facts).id != FactBatch.of(facts[:2]).id
     with pytest.raises(ValueError, match="one service"):
         FactBatch.of([*facts, Fact(type="reply.sent", service="dispatch")])
+
+
+async def test_a_live_view_that_declines_batches_gets_only_the_facts_published_alone(
+    make_bus: Callable[..., Bus],
+) -> None:
+    seen: list[str] = []
+    watcher = make_bus("triage")
+
+    async def show(fact: Fact) -> None:
+        seen.append(fact.type)
+
+    watcher.subscribe(("fact.case.#",), Fact, show, batches=False)
+    watcher.start()
+    await watcher.wait_started(10)
+    publisher = make_bus("console")
+    publisher.start()
+    await publisher.wait_started(10)
+    await Facts(publisher, "console").publish_together(_facts_of_one_event("console"))
+    await publisher.publish(Fact(type="case.closed", service="console"))
+    await wait_until(lambda: seen, message="the fact published alone")
+    await asyncio.sleep(0.3)
+    assert seen == ["case.closed"]

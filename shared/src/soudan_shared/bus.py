@@ -484,6 +484,7 @@ class Bus:
         handler: Handler[M],
         *,
         prefetch: int = 100,
+        batches: bool = True,
     ) -> None:
         """Receive every message matching ``bindings`` in this process, while it runs.
 
@@ -491,6 +492,10 @@ class Bus:
         and goes away with it, so nothing is kept for a process that is not running, and a
         failed handler drops the message rather than retrying it. Durable work uses
         :meth:`consume`.
+
+        Facts are also received from batches (every batch comes, and the facts ``bindings`` do
+        not match are skipped); ``batches=False`` for bindings whose facts are only ever
+        published alone, to be spared that traffic.
         """
         name = self.topology.queue(f"live.{self.service}.{uuid.uuid4().hex[:12]}")
         consumer = _Consumer(
@@ -502,6 +507,7 @@ class Bus:
             ordering_key=None,
             retry=RetryPolicy(attempts=1),
             live_bindings=bindings,
+            batches=batches,
         )
         self._register(consumer)
 
@@ -569,8 +575,10 @@ class _Consumer(Generic[M]):
         priority: Callable[[M], bool] | None = None,
         concurrency: int | None = None,
         consumer_priority: int | None = None,
+        batches: bool = True,
     ) -> None:
         self.bus = bus
+        self.batches = batches
         self.consumer_priority = consumer_priority
         self.live_bindings = live_bindings
         self.queue_name = queue_name
@@ -713,7 +721,9 @@ class _Consumer(Generic[M]):
         """Whether this consumer handles facts (and so receives them in batches too)."""
         if self.live_bindings is None:
             return issubclass(self.model, Fact)
-        return any(key.startswith("fact.") or key == "#" for key in self.live_bindings)
+        return self.batches and any(
+            key.startswith("fact.") or key == "#" for key in self.live_bindings
+        )
 
     def _wanted(self, batch: FactBatch) -> FactBatch:
         """``batch`` with only the facts this consumer's bindings take (all of them, for a

@@ -117,7 +117,8 @@ def create_app(
         async def on_settings_changed(_: Fact) -> None:
             triage.config.invalidate()
 
-        bus.subscribe((f"fact.{SETTINGS_CHANGED}",), Fact, on_settings_changed)
+        # The console publishes each settings change alone: no batch holds one.
+        bus.subscribe((f"fact.{SETTINGS_CHANGED}",), Fact, on_settings_changed, batches=False)
 
     use_bus(app, settings, SERVICE, consumers=consumers)
 
