@@ -466,7 +466,9 @@ async def test_closed_cases_are_counted_by_grade_gender_each_of_their_categories
     report = build_report(figures, labels=labels, limits=Limits(), built_at=at)
     tables = {t.title: t for s in report.sections for t in s.tables}
     by_category = tables["分類別（今月終わった相談）"]
-    assert by_category.rows == (("いじめ", 1), ("家庭", 3), ("心身の健康", 1), ("（不明）", 1))
+    # 不明 as in the grade and gender tables (and their note), not （不明）
+    assert by_category.rows == (("いじめ", 1), ("家庭", 3), ("心身の健康", 1), ("不明", 1))
+    assert "分類を記録しなかった相談は「不明」に数えています" in by_category.note
     assert "複数の分類があるときは、それぞれに数えています" in by_category.note
     assert tables["学年別（今月終わった相談）"].rows == (
         ("中1", 0), ("中2", 2), ("中3", 0), ("高1", 0), ("高2", 0), ("高3", 0), ("その他", 0),

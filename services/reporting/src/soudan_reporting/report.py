@@ -663,9 +663,13 @@ def _cases(f: Figures, labels: Labels, month: Month) -> Section:
     by_category = Table(
         "分類別（今月終わった相談）",
         ("分類", "件数"),
-        _keyed_rows(f.closed_by_category, list(labels.categories)),
+        _keyed_rows(
+            f.closed_by_category,
+            [*labels.categories, *([("", UNKNOWN_LABEL)] if "" in f.closed_by_category else [])],
+        ),
         note="1つの相談に複数の分類があるときは、それぞれに数えています"
-        "（合計は終わった相談の件数より多くなることがあります）。",
+        "（合計は終わった相談の件数より多くなることがあります）。"
+        f"分類を記録しなかった相談は「{UNKNOWN_LABEL}」に数えています。",
         chart=Chart("bar"),
     )
     attributes_note = (
