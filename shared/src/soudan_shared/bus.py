@@ -733,7 +733,7 @@ class _Consumer(Generic[M]):
         facts = [f for f in batch.facts if _bound(self.live_bindings, f"fact.{f.type}")]
         if len(facts) == len(batch.facts):
             return batch
-        return batch.model_construct(**{**dict(batch), "facts": facts})
+        return batch.model_copy(update={"facts": facts})  # may be empty: nothing to handle
 
     async def _call(self, message: M | FactBatch) -> None:
         if not isinstance(message, FactBatch):

@@ -200,9 +200,9 @@ class FactBatch(Message):
 
     Nobody handles a batch: the bus hands each of its facts to the handlers of facts as if it
     had come alone (``Bus.consume``, ``Bus.subscribe``), and acknowledges the batch once every
-    one of them is handled. Its routing key is
-    ``facts.<service>``, outside ``fact.#``: a consumer that binds fact types is bound to
-    batches by the bus, which then filters their facts by its bindings.
+    one of them is handled. Its routing key is ``facts.<service>``, outside ``fact.#``: a
+    consumer that binds fact types is bound to batches by the bus, which then filters their
+    facts by its bindings.
     """
 
     type: Literal["facts"] = "facts"
@@ -210,14 +210,14 @@ class FactBatch(Message):
 
     @classmethod
     def of(cls, facts: Sequence[Fact]) -> FactBatch:
-        """The batch of ``facts`` (from one service); its id follows from theirs, so the batch
-        of a redelivered cause is the same message again."""
+        """The batch of ``facts`` (at least one, from one service); its id follows from theirs,
+        so the batch of a redelivered cause is the same message again."""
         services = {f.service for f in facts}
         if len(services) > 1:
             raise ValueError(f"a batch holds the facts of one service, not {sorted(services)}")
         return cls(
             id=stable_id("facts", *(f.id for f in facts)),
-            correlation_id=facts[0].correlation_id if facts else "",
+            correlation_id=facts[0].correlation_id,
             facts=list(facts),
         )
 
