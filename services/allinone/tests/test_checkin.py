@@ -123,7 +123,7 @@ async def test_a_closed_case_gets_one_checkin_and_the_answer_is_kept_shown_and_c
         lambda: _ignored(stack, later), message="the second and third taps recorded as ignored"
     )
     assert {f["data"]["reason"] for f in ignored} == {"checkin_already_answered"}
-    assert len(await stack.facts(F.CHECKIN_ANSWERED, case_id=case_id)) == 1
+    assert len(await stack.wait_facts(F.CHECKIN_ANSWERED, 1, case_id=case_id)) == 1
     assert len(thanks) == 1
     assert len(_checkins(stack, user)) == 1
 

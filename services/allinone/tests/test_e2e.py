@@ -188,7 +188,7 @@ async def test_an_image_and_a_sticker_get_the_text_only_reply_and_nothing_is_dow
     assert not [p for p in stack.seen.paths if p.endswith("/content")]
     assert await stack.store.db[MESSAGES].count_documents({"user_id": user, "direction": "in"}) == 0
     await stack.wait_fact(F.MEDIA_REFUSED, user_id=user, kind="image", replied=True)
-    assert len(await stack.facts(F.REPLY_SENT, user_id=user)) == 1
+    assert len(await stack.wait_facts(F.REPLY_SENT, 1, user_id=user)) == 1
 
 
 # -- 6 --------------------------------------------------------------------------------------
@@ -260,7 +260,7 @@ async def test_when_congested_a_case_gets_the_congestion_reply_once(stack: Stack
     assert "混み合って" in reply
     case = await _case(stack, late)
     assert case["congestion_replied"] is True
-    decided = await stack.facts(F.AUTO_REPLY_DECIDED, user_id=late)
+    decided = await stack.wait_facts(F.AUTO_REPLY_DECIDED, 1, user_id=late)
     assert [f["data"]["purpose"] for f in decided] == ["congestion"]
     await stack.wait_fact(F.REPLY_SENT, user_id=late, purpose="congestion")
     measured = await stack.facts(F.CONGESTION_MEASURED, congested=True)

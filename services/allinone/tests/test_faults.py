@@ -376,7 +376,7 @@ async def test_a_triage_failing_after_storing_before_the_ack_adds_nothing_twice_
     await students.assert_once_per_user()
     for user in users:
         assert students.policy_deliveries(user) == 2
-        assert len(await stack.facts(F.REPLY_SENT, user_id=user)) == 3
+        assert len(await stack.wait_facts(F.REPLY_SENT, 3, user_id=user)) == 3
 
 
 CURRENT_TRIAGE: contextvars.ContextVar[Triage] = contextvars.ContextVar("current_triage")
@@ -855,7 +855,7 @@ async def test_an_event_delivered_three_times_has_one_effect(rig: Rig) -> None:
     students.assert_clean()
     await students.assert_once_per_user()
     assert students.policy_deliveries(user) == 1
-    assert len(await stack.facts(F.MESSAGE_RECEIVED, user_id=user)) == 1
+    assert len(await stack.wait_facts(F.MESSAGE_RECEIVED, 1, user_id=user)) == 1
 
 
 async def test_events_out_of_order_take_effect_once_each_in_timestamp_order(rig: Rig) -> None:
@@ -889,9 +889,9 @@ async def test_events_out_of_order_take_effect_once_each_in_timestamp_order(rig:
     assert stored[0]["at"] < stored[1]["at"]
     profile = await stack.store.db[USERS].find_one({"_id": user})
     assert (profile["school_type"], profile["eligible"]) == ("sapporo_city", False)
-    chosen = await stack.facts(F.SCHOOL_TYPE_SET, user_id=user)
+    chosen = await stack.wait_facts(F.SCHOOL_TYPE_SET, 1, user_id=user)
     assert [f["data"]["school_type"] for f in chosen] == ["sapporo_city"]
-    assert len(await stack.facts(F.MESSAGE_RECEIVED, user_id=user)) == 2
+    assert len(await stack.wait_facts(F.MESSAGE_RECEIVED, 2, user_id=user)) == 2
     # The effects: each text stored, the newer choice in force, the older one seen as stale.
     await students.count_effects()
     students.ledger.applied[changed["webhookEventId"]] += len(chosen)

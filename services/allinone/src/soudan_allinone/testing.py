@@ -136,6 +136,20 @@ class Stack:
         )
         return fact
 
+    async def wait_facts(self, fact_type: str, count: int, **data: Any) -> list[dict[str, Any]]:
+        """The recorded facts of ``fact_type`` with ``data`` once there are ``count`` of them
+        (the recorder stores facts a moment after their effects are seen elsewhere); the
+        caller asserts there are not more."""
+
+        async def enough() -> list[dict[str, Any]] | None:
+            facts = await self.facts(fact_type, **data)
+            return facts if len(facts) >= count else None
+
+        facts: list[dict[str, Any]] = await wait_until(
+            enough, timeout=15, message=f"{count} fact(s) {fact_type} {data}"
+        )
+        return facts
+
 
 async def is_ready(url: str) -> bool:
     """Whether the service at ``url`` answers 200 on /readyz."""

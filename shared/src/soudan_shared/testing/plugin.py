@@ -114,6 +114,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         "memory": "in-process fake (mongomock behind soudan_shared.store.MemoryClient); "
         "no MONGODB_URL and no Docker engine",
     }[choice.store]
+    workers = getattr(config.option, "numprocesses", None)
+    if _secantus is not None and workers:
+        store += f"; each of the {workers} worker processes starts one of its own"
     return [f"soudan broker: {broker}", f"soudan store:  {store}"]
 
 
@@ -159,6 +162,9 @@ _secantus: Any = None
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """With ``--secantus``, start the run's SecantusDB server. Under pytest-xdist (``-n``) every
+    worker process starts one of its own (a server is one Python process: shared, it would hold
+    both workers up) and the controller's answers only the run header's question."""
     global _secantus
     if config.getoption("secantus", False) and _secantus is None:
         import tempfile
