@@ -151,3 +151,6 @@ CHECKIN_ANSWERED: Final = "checkin.answered"
 CASE_STUDENT_LEFT: Final = "case.student_left"
 # console: who was told of it: {case_id, channel: live|email, recipients}
 CASE_STUDENT_LEFT_NOTIFIED: Final = "case.student_left_notified"
+# console: the mail about it was refused: {case_id, channel: email, reason, attempts, retry_at
+# (None: no more tries, the mail is failed)}
+CASE_STUDENT_LEFT_NOTIFICATION_FAILED: Final = "case.student_left_notification_failed"

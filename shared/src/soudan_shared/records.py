@@ -87,13 +87,19 @@ class CaseCheckin(Record):
 class CaseDeparture(Record):
     """A student in danger (urgent case, or an emergency open) blocked the account: when, what
     the case was then, and whether the e-mail to ``EMERGENCY_RECIPIENTS`` went out (``pending``
-    until the console sends it; ``sent``, ``failed``, ``not_configured``)."""
+    until the console sends it, again after a refused try until ``mail_after``; ``sending``
+    while a console has it, since ``mail_claimed_at``; ``sent``; ``failed`` when every try was
+    refused, the last reason in ``mail_detail``; ``not_configured``)."""
 
     at: UtcDatetime
     event_id: str
     urgent: bool = False
     emergency_ids: list[str] = Field(default_factory=list)
     mail: str = "pending"
+    mail_attempts: int = 0
+    mail_after: UtcDatetime | None = None
+    mail_claimed_at: UtcDatetime | None = None
+    mail_detail: str = ""
 
 
 class Case(Record):

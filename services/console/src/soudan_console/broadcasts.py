@@ -313,7 +313,7 @@ async def send(
         template=choices.template,
         texts=fresh.texts,
         texts_digest=fresh.digest,
-        audience=choices.audience,  # type: ignore[arg-type]
+        audience=choices.audience,
         requested_by=staff.id,
         due_at=choices.due_at or now,
         confirmed_recipients=fresh.recipients,

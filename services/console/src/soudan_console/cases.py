@@ -124,7 +124,11 @@ async def waiting_queue(console: Console) -> list[QueueRow]:
     cases = [Case.model_validate(d) for d in docs]
     previews = await _latest_incoming(console, [c.id for c in cases])
     left = await _users_who_left(console, [c.user_id for c in cases])
-    return [QueueRow(c, *previews.get(c.id, (None, 0)), left=c.user_id in left) for c in cases]
+    rows = []
+    for c in cases:
+        preview, messages = previews.get(c.id, (None, 0))
+        rows.append(QueueRow(c, preview, messages, left=c.user_id in left))
+    return rows
 
 
 async def _users_who_left(console: Console, user_ids: list[str]) -> set[str]:

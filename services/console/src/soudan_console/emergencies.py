@@ -8,13 +8,16 @@ A student in danger who leaves (blocks the account while their case is urgent or
 emergency open: triage marks the case's ``departure`` and publishes ``case.student_left``) is
 announced the same way: live to the supervisors and admins signed in (:mod:`soudan_console.
 live`), and by e-mail (:func:`mail_departures`, on the fact and on every tick, so a console
-that was down sends it when it is back; the case's ``departure.mail`` makes it once).
+that was down sends it when it is back; the case's ``departure.mail`` makes it once). A mail
+the server does not take is tried again later (:data:`DEPARTURE_MAIL_RETRIES`), and one left
+``sending`` by a console that stopped mid-send is taken up again once its claim is old
+(:data:`DEPARTURE_MAIL_LEASE`): an alarm sent twice is better than one never sent.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -40,6 +43,11 @@ log = structlog.get_logger(__name__)
 TOKYO = ZoneInfo("Asia/Tokyo")
 MAX_SUMMARY = 4000
 MAX_MEMO = 1000
+#: After a departure mail the server did not take (itself after a few quick tries), the next
+#: try waits so long; after the last, the mail is ``failed`` (about 48 minutes, 6 tries in all).
+DEPARTURE_MAIL_RETRIES = tuple(timedelta(minutes=m) for m in (1, 2, 5, 10, 30))
+#: A claim (``sending``) older than this is a console that stopped mid-send: taken up again.
+DEPARTURE_MAIL_LEASE = timedelta(minutes=5)
 
 
 class EmergencyError(Exception):
@@ -246,18 +254,45 @@ async def close_emergency(
     return True
 
 
-async def mail_departures(console: Console) -> int:
-    """E-mail ``EMERGENCY_RECIPIENTS`` for each departure not mailed yet; how many were mailed.
+async def mail_departures(console: Console, *, now: datetime | None = None) -> int:
+    """E-mail ``EMERGENCY_RECIPIENTS`` for each departure due a mail; how many were mailed.
 
-    Each is claimed first (``departure.mail`` pending → sending), so several console replicas,
-    or the fact and the tick together, send it once."""
+    Each is claimed first (``departure.mail`` pending → sending, the claim's time kept, the
+    attempt counted), so several console replicas, or the fact and the tick together, send it
+    once. A refused mail is ``pending`` again with the time of its next try, and a fact says so,
+    until the tries are spent (``failed``)."""
+    now = now or utcnow()
     mailed = 0
     recipients = console.settings.emergency_recipient_list
     configured = console.mailer.configured and bool(recipients)
+    due = {
+        "$or": [
+            {
+                "departure.mail": "pending",
+                "$or": [
+                    {"departure.mail_after": None},
+                    {"departure.mail_after": {"$lte": now}},
+                ],
+            },
+            {
+                "departure.mail": "sending",
+                "$or": [
+                    {"departure.mail_claimed_at": None},  # claimed by a console before retries
+                    {"departure.mail_claimed_at": {"$lt": now - DEPARTURE_MAIL_LEASE}},
+                ],
+            },
+        ]
+    }
     for _ in range(20):
         doc = await console.db[CASES].find_one_and_update(
-            {"departure.mail": "pending"},
-            {"$set": {"departure.mail": "sending" if configured else "not_configured"}},
+            due,
+            {
+                "$set": {
+                    "departure.mail": "sending" if configured else "not_configured",
+                    "departure.mail_claimed_at": now,
+                },
+                "$inc": {"departure.mail_attempts": 1},
+            },
             return_document=ReturnDocument.AFTER,
         )
         if doc is None:
@@ -265,26 +300,68 @@ async def mail_departures(console: Console) -> int:
         if not configured:
             continue
         case = Case.model_validate(doc)
-        event = case.departure.event_id if case.departure else ""
-        result = "sent"
-        try:
-            await console.mailer.send(
-                recipients,
-                "【LINE相談・緊急】相談者がブロックしました",
-                _departure_body(console, case),
-            )
-        except Exception as exc:  # recorded on the case; the live alert went out regardless
-            result = "failed"
-            log.warning("departure_mail_failed", error=type(exc).__name__)
-        await console.db[CASES].update_one({"_id": case.id}, {"$set": {"departure.mail": result}})
-        if result == "sent":
+        if await _mail_departure(console, case, recipients, now):
             mailed += 1
-            await console.emit(
-                F.CASE_STUDENT_LEFT_NOTIFIED,
-                {"case_id": case.id, "channel": "email", "recipients": len(recipients)},
-                cause=f"departure-mail:{case.id}:{event}",
-            )
     return mailed
+
+
+async def _mail_departure(
+    console: Console, case: Case, recipients: list[str], now: datetime
+) -> bool:
+    departure = case.departure
+    assert departure is not None  # the claim matched on it
+    try:
+        await console.mailer.send(
+            recipients,
+            "【LINE相談・緊急】相談者がブロックしました",
+            _departure_body(console, case),
+        )
+    except Exception as exc:  # recorded on the case and tried again; the live alert went out
+        reason = exc.reason if isinstance(exc, MailFailed) else type(exc).__name__
+        tries = departure.mail_attempts
+        retry_at = (
+            now + DEPARTURE_MAIL_RETRIES[tries - 1]
+            if tries <= len(DEPARTURE_MAIL_RETRIES)
+            else None
+        )
+        log.warning(
+            "departure_mail_failed",
+            case_id=case.id,
+            reason=reason,
+            attempts=tries,
+            retry_at=retry_at.isoformat() if retry_at else None,
+        )
+        await console.db[CASES].update_one(
+            {"_id": case.id, "departure.mail": "sending"},
+            {
+                "$set": {
+                    "departure.mail": "pending" if retry_at else "failed",
+                    "departure.mail_after": retry_at,
+                    "departure.mail_detail": reason[:200],
+                }
+            },
+        )
+        await console.emit(
+            F.CASE_STUDENT_LEFT_NOTIFICATION_FAILED,
+            {
+                "case_id": case.id,
+                "channel": "email",
+                "reason": reason[:200],
+                "attempts": tries,
+                "retry_at": retry_at.isoformat() if retry_at else None,
+            },
+            cause=f"departure-mail:{case.id}:{departure.event_id}:{tries}",
+        )
+        return False
+    await console.db[CASES].update_one(
+        {"_id": case.id}, {"$set": {"departure.mail": "sent", "departure.mail_detail": ""}}
+    )
+    await console.emit(
+        F.CASE_STUDENT_LEFT_NOTIFIED,
+        {"case_id": case.id, "channel": "email", "recipients": len(recipients)},
+        cause=f"departure-mail:{case.id}:{departure.event_id}",
+    )
+    return True
 
 
 def _departure_body(console: Console, case: Case) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -166,6 +167,9 @@ def pytest_configure(config: pytest.Config) -> None:
     worker process starts one of its own (a server is one Python process: shared, it would hold
     both workers up) and the controller's answers only the run header's question."""
     global _secantus
+    # The test SMTP servers (aiosmtpd) log every connection at INFO from a thread of their own,
+    # which may outlive the test whose captured output the handler writes to.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     if config.getoption("secantus", False) and _secantus is None:
         import tempfile
         from pathlib import Path
