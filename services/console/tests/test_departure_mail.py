@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from soudan_console import emergencies
-from soudan_console.testing import RunningConsole, seed_case
+from soudan_console.testing import Browserless, RunningConsole, seed_case
 from soudan_shared import fact_types as F
 from soudan_shared.contracts import utcnow
 from soudan_shared.records import CASES, Case
@@ -94,7 +94,7 @@ async def test_after_the_last_refusal_the_departure_mail_is_failed_and_the_case_
     case = await _departed(running)
     await running.wait_fact(F.CASE_STUDENT_LEFT_NOTIFICATION_FAILED, case_id=case.id)
     at = utcnow()
-    for _ in emergencies.DEPARTURE_MAIL_RETRIES:
+    for _ in emergencies.MAIL_RETRIES:
         at += timedelta(hours=1)
         await emergencies.mail_departures(running.console, now=at)
     departure = await _departure(running, case)
@@ -115,7 +115,44 @@ async def test_a_departure_mail_left_sending_by_a_console_that_stopped_is_sent_l
     case = await _departed(running, mail="sending", mail_claimed_at=claimed, mail_attempts=1)
     # another console may still be sending it: left alone for a while
     assert await emergencies.mail_departures(running.console) == 0
-    stale = claimed + emergencies.DEPARTURE_MAIL_LEASE + timedelta(seconds=1)
+    stale = claimed + emergencies.MAIL_LEASE + timedelta(seconds=1)
     assert await emergencies.mail_departures(running.console, now=stale) == 1
     assert (await _departure(running, case))["mail"] == "sent"
     assert len(mailer.sent) == 1
+
+
+async def test_a_refused_emergency_mail_is_tried_again_and_its_page_says_so_meanwhile(
+    running: RunningConsole,
+) -> None:
+    mailer = FlakyMailer(refusals=1)
+    running.console.mailer = mailer
+    counselor = await running.add_staff("counselor", name="山田")
+    case = await seed_case(running.store, urgent=True, state="active", claimed_by=counselor.id)
+    emergency, task = await emergencies.raise_emergency(
+        running.console, case, counselor, "suicide_notice"
+    )
+    await task
+    failed = await running.wait_fact(F.EMERGENCY_NOTIFICATION_FAILED, emergency_id=emergency.id)
+    assert (failed.data["attempts"], failed.data["channel"]) == (1, "email")
+    shown = await emergencies.get(running.console, emergency.id)
+    assert shown is not None
+    assert (shown.email, shown.email_attempts) == ("pending", 1)
+    retry_at = datetime.fromisoformat(failed.data["retry_at"])
+    supervisor = Browserless(running.url)
+    try:
+        await supervisor.login((await running.add_staff("supervisor")).email)
+        status, _, page = await supervisor.get(f"/emergencies/{emergency.id}")
+    finally:
+        await supervisor.close()
+    assert status == 200
+    assert "まだ送れていません" in page
+    assert "電話でも課に知らせてください" in page
+
+    assert await emergencies.mail_emergencies(running.console, now=retry_at) == 1
+    [(recipients, subject)] = mailer.sent
+    assert recipients == ["section@example.jp"]
+    assert "自殺予告" in subject
+    shown = await emergencies.get(running.console, emergency.id)
+    assert shown is not None
+    assert shown.email == "sent"
+    await running.wait_fact(F.EMERGENCY_NOTIFIED, emergency_id=emergency.id, channel="email")

@@ -147,6 +147,7 @@ async def _tick(console: Console) -> None:
     await console.flush_outbox()
     await console.sessions.purge_expired()
     await budget.check_thresholds(console)
+    await emergencies.mail_emergencies(console)
     await emergencies.mail_departures(console)
     limit = timedelta(minutes=console.settings.console_urgent_alert_minutes)
     overdue = await cases.urgent_unclaimed(console, utcnow() - limit)

@@ -120,8 +120,13 @@ class Emergency(Document):
     raised_at: UtcDatetime = Field(default_factory=utcnow)
     state: Literal["open", "closed"] = "open"
     contacts: list[Contact] = Field(default_factory=list)
-    email: str = Field(default="pending", description="pending | sent | failed | not_configured")
+    #: the mail to EMERGENCY_RECIPIENTS (emergencies.AlarmMail): pending | sending | sent |
+    #: failed | not_configured, its tries, the next one's time and the claim's
+    email: str = "pending"
     email_detail: str = ""
+    email_attempts: int = 0
+    email_after: UtcDatetime | None = None
+    email_claimed_at: UtcDatetime | None = None
     summary: str | None = None
     closed_by: str | None = None
     closed_at: UtcDatetime | None = None

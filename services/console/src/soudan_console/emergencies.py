@@ -8,16 +8,21 @@ A student in danger who leaves (blocks the account while their case is urgent or
 emergency open: triage marks the case's ``departure`` and publishes ``case.student_left``) is
 announced the same way: live to the supervisors and admins signed in (:mod:`soudan_console.
 live`), and by e-mail (:func:`mail_departures`, on the fact and on every tick, so a console
-that was down sends it when it is back; the case's ``departure.mail`` makes it once). A mail
-the server does not take is tried again later (:data:`DEPARTURE_MAIL_RETRIES`), and one left
+that was down sends it when it is back; the case's ``departure.mail`` makes it once).
+
+Both mails (:class:`AlarmMail`) are sent by whichever console claims them, at once and on every
+tick: a mail the server does not take is tried again later (:data:`MAIL_RETRIES`), and one left
 ``sending`` by a console that stopped mid-send is taken up again once its claim is old
-(:data:`DEPARTURE_MAIL_LEASE`): an alarm sent twice is better than one never sent.
+(:data:`MAIL_LEASE`): an alarm sent twice is better than one never sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -43,11 +48,12 @@ log = structlog.get_logger(__name__)
 TOKYO = ZoneInfo("Asia/Tokyo")
 MAX_SUMMARY = 4000
 MAX_MEMO = 1000
-#: After a departure mail the server did not take (itself after a few quick tries), the next
-#: try waits so long; after the last, the mail is ``failed`` (about 48 minutes, 6 tries in all).
-DEPARTURE_MAIL_RETRIES = tuple(timedelta(minutes=m) for m in (1, 2, 5, 10, 30))
+#: After an alarm mail (an emergency's, a departure's) the server did not take, itself after a
+#: few quick tries, the next try waits so long; after the last, the mail is ``failed`` (about
+#: 48 minutes, 6 tries in all).
+MAIL_RETRIES = tuple(timedelta(minutes=m) for m in (1, 2, 5, 10, 30))
 #: A claim (``sending``) older than this is a console that stopped mid-send: taken up again.
-DEPARTURE_MAIL_LEASE = timedelta(minutes=5)
+MAIL_LEASE = timedelta(minutes=5)
 
 
 class EmergencyError(Exception):
@@ -125,7 +131,7 @@ async def raise_emergency(
         F.EMERGENCY_NOTIFIED,
         {"emergency_id": emergency.id, "channel": "live", "recipients": on_shift},
     )
-    task = asyncio.create_task(_mail(console, emergency, staff), name=f"mail-{emergency.id}")
+    task = asyncio.create_task(_mail_emergencies(console), name=f"mail-{emergency.id}")
     return emergency, task
 
 
@@ -133,48 +139,39 @@ def _jst(at: datetime) -> str:
     return at.astimezone(TOKYO).strftime("%Y年%m月%d日 %H:%M")
 
 
-async def _mail(console: Console, emergency: Emergency, staff: Staff) -> None:
-    recipients = console.settings.emergency_recipient_list
-    if emergency.email == "not_configured":
-        return
-    label = EMERGENCY_TYPES[emergency.type]
-    base = console.settings.console_base_url.rstrip("/")
-    link = f"{base}/emergencies/{emergency.id}" if base else f"/emergencies/{emergency.id}"
-    body = (
-        "LINE相談で緊急対応が始まりました。\n\n"
-        f"種類: {label}\n"
-        f"時刻: {_jst(emergency.raised_at)}\n"
-        f"相談員: {staff.name}\n"
-        f"緊急対応の番号: {emergency.id[:8]}\n\n"
-        f"コンソールで内容を確認してください: {link}\n\n"
-        "このメールには相談の内容は書いていません。\n"
-    )
+async def _mail_emergencies(console: Console) -> None:
     try:
-        await console.mailer.send(recipients, f"【LINE相談・緊急】{label}", body)
-    except MailFailed as exc:
-        await console.db[EMERGENCIES].update_one(
-            {"_id": emergency.id}, {"$set": {"email": "failed", "email_detail": exc.reason}}
-        )
-        await console.emit(
-            F.EMERGENCY_NOTIFICATION_FAILED,
-            {
-                "emergency_id": emergency.id,
-                "channel": "email",
-                "reason": exc.reason,
-                "attempts": exc.attempts,
-            },
-        )
-        return
-    except Exception as exc:  # never let the background task die silently
+        await mail_emergencies(console)
+    except Exception:  # never let the background task die silently; the tick tries again
         log.exception("emergency_mail_crashed")
-        await console.db[EMERGENCIES].update_one(
-            {"_id": emergency.id}, {"$set": {"email": "failed", "email_detail": repr(exc)[:200]}}
+
+
+async def mail_emergencies(console: Console, *, now: datetime | None = None) -> int:
+    """E-mail ``EMERGENCY_RECIPIENTS`` for each emergency due its mail (at its start, and again
+    after a refusal, on every tick); how many were mailed."""
+
+    async def mail(doc: dict[str, Any]) -> tuple[str, str]:
+        emergency = Emergency.model_validate(doc)
+        staff = await console.db[STAFF].find_one({"_id": emergency.raised_by}, {"name": 1})
+        label = EMERGENCY_TYPES[emergency.type]
+        base = console.settings.console_base_url.rstrip("/")
+        link = f"{base}/emergencies/{emergency.id}" if base else f"/emergencies/{emergency.id}"
+        body = (
+            "LINE相談で緊急対応が始まりました。\n\n"
+            f"種類: {label}\n"
+            f"時刻: {_jst(emergency.raised_at)}\n"
+            f"相談員: {staff['name'] if staff else '（不明）'}\n"
+            f"緊急対応の番号: {emergency.id[:8]}\n\n"
+            f"コンソールで内容を確認してください: {link}\n\n"
+            "このメールには相談の内容は書いていません。\n"
         )
-        return
-    await console.db[EMERGENCIES].update_one({"_id": emergency.id}, {"$set": {"email": "sent"}})
-    await console.emit(
-        F.EMERGENCY_NOTIFIED,
-        {"emergency_id": emergency.id, "channel": "email", "recipients": len(recipients)},
+        return f"【LINE相談・緊急】{label}", body
+
+    return await _mail_due(
+        console,
+        EMERGENCY_MAIL,
+        mail,
+        now or utcnow(),
     )
 
 
@@ -255,43 +252,68 @@ async def close_emergency(
 
 
 async def mail_departures(console: Console, *, now: datetime | None = None) -> int:
-    """E-mail ``EMERGENCY_RECIPIENTS`` for each departure due a mail; how many were mailed.
+    """E-mail ``EMERGENCY_RECIPIENTS`` for each departure due its mail; how many were mailed."""
 
-    Each is claimed first (``departure.mail`` pending → sending, the claim's time kept, the
-    attempt counted), so several console replicas, or the fact and the tick together, send it
-    once. A refused mail is ``pending`` again with the time of its next try, and a fact says so,
-    until the tries are spent (``failed``)."""
-    now = now or utcnow()
-    mailed = 0
+    async def mail(doc: dict[str, Any]) -> tuple[str, str]:
+        case = Case.model_validate(doc)
+        return "【LINE相談・緊急】相談者がブロックしました", _departure_body(console, case)
+
+    return await _mail_due(
+        console,
+        DEPARTURE_MAIL,
+        mail,
+        now or utcnow(),
+    )
+
+
+@dataclass(frozen=True)
+class AlarmMail:
+    """Where an alarm mail's state lives: ``state`` (a field path) is ``pending`` until a console
+    sends it (and again after a refused try, until ``<state>_after``), ``sending`` while one
+    has it (since ``<state>_claimed_at``), then ``sent``, or ``failed`` once every try was
+    refused (the last reason in ``<state>_detail``); ``<state>_attempts`` counts the tries.
+    Its facts say ``<subject>_id`` (the document's id), ``channel`` and more."""
+
+    collection: str
+    state: str
+    subject: str
+    sent_fact: str
+    failed_fact: str
+
+    def field(self, name: str) -> str:
+        return f"{self.state}_{name}"
+
+
+async def _mail_due(
+    console: Console,
+    alarm: AlarmMail,
+    compose: Callable[[dict[str, Any]], Awaitable[tuple[str, str]]],
+    now: datetime,
+) -> int:
+    """Send each mail ``alarm`` has due; how many went out.
+
+    Each is claimed first (pending → sending, the claim's time kept, the try counted), so
+    several console replicas, or the fact and the tick together, send it once. A claim older
+    than :data:`MAIL_LEASE` is a console that stopped mid-send: taken up again (sent
+    twice at worst, never not at all). A refusal makes it ``pending`` again with the time of its
+    next try (:data:`MAIL_RETRIES`), and a fact says so."""
     recipients = console.settings.emergency_recipient_list
     configured = console.mailer.configured and bool(recipients)
+    state, after, claimed = alarm.state, alarm.field("after"), alarm.field("claimed_at")
     due = {
         "$or": [
-            {
-                "departure.mail": "pending",
-                "$or": [
-                    {"departure.mail_after": None},
-                    {"departure.mail_after": {"$lte": now}},
-                ],
-            },
-            {
-                "departure.mail": "sending",
-                "$or": [
-                    {"departure.mail_claimed_at": None},  # claimed by a console before retries
-                    {"departure.mail_claimed_at": {"$lt": now - DEPARTURE_MAIL_LEASE}},
-                ],
-            },
+            {state: "pending", "$or": [{after: None}, {after: {"$lte": now}}]},
+            # (None: claimed by a console from before the claims carried their time)
+            {state: "sending", "$or": [{claimed: None}, {claimed: {"$lt": now - MAIL_LEASE}}]},
         ]
     }
+    mailed = 0
     for _ in range(20):
-        doc = await console.db[CASES].find_one_and_update(
+        doc = await console.db[alarm.collection].find_one_and_update(
             due,
             {
-                "$set": {
-                    "departure.mail": "sending" if configured else "not_configured",
-                    "departure.mail_claimed_at": now,
-                },
-                "$inc": {"departure.mail_attempts": 1},
+                "$set": {state: "sending" if configured else "not_configured", claimed: now},
+                "$inc": {alarm.field("attempts"): 1},
             },
             return_document=ReturnDocument.AFTER,
         )
@@ -299,69 +321,67 @@ async def mail_departures(console: Console, *, now: datetime | None = None) -> i
             break
         if not configured:
             continue
-        case = Case.model_validate(doc)
-        if await _mail_departure(console, case, recipients, now):
-            mailed += 1
+        ids = {f"{alarm.subject}_id": doc["_id"], "channel": "email"}
+        tries = int(_at_path(doc, alarm.field("attempts")) or 1)
+        cause = f"{alarm.collection}-mail:{doc['_id']}"
+        try:
+            await console.mailer.send(recipients, *await compose(doc))
+        except Exception as exc:  # recorded and tried again; the live alert went out regardless
+            reason = (exc.reason if isinstance(exc, MailFailed) else type(exc).__name__)[:200]
+            retry_at = now + MAIL_RETRIES[tries - 1] if tries <= len(MAIL_RETRIES) else None
+            log.warning(
+                "alarm_mail_failed",
+                collection=alarm.collection,
+                id=doc["_id"],
+                reason=reason,
+                attempts=tries,
+                retry_at=retry_at.isoformat() if retry_at else None,
+            )
+            await console.db[alarm.collection].update_one(
+                {"_id": doc["_id"], state: "sending"},
+                {
+                    "$set": {
+                        state: "pending" if retry_at else "failed",
+                        after: retry_at,
+                        alarm.field("detail"): reason,
+                    }
+                },
+            )
+            await console.emit(
+                alarm.failed_fact,
+                {
+                    **ids,
+                    "reason": reason,
+                    "attempts": tries,
+                    "retry_at": retry_at.isoformat() if retry_at else None,
+                },
+                cause=f"{cause}:{tries}",
+            )
+            continue
+        await console.db[alarm.collection].update_one(
+            {"_id": doc["_id"]}, {"$set": {state: "sent", alarm.field("detail"): ""}}
+        )
+        await console.emit(alarm.sent_fact, {**ids, "recipients": len(recipients)}, cause=cause)
+        mailed += 1
     return mailed
 
 
-async def _mail_departure(
-    console: Console, case: Case, recipients: list[str], now: datetime
-) -> bool:
-    departure = case.departure
-    assert departure is not None  # the claim matched on it
-    try:
-        await console.mailer.send(
-            recipients,
-            "【LINE相談・緊急】相談者がブロックしました",
-            _departure_body(console, case),
-        )
-    except Exception as exc:  # recorded on the case and tried again; the live alert went out
-        reason = exc.reason if isinstance(exc, MailFailed) else type(exc).__name__
-        tries = departure.mail_attempts
-        retry_at = (
-            now + DEPARTURE_MAIL_RETRIES[tries - 1]
-            if tries <= len(DEPARTURE_MAIL_RETRIES)
-            else None
-        )
-        log.warning(
-            "departure_mail_failed",
-            case_id=case.id,
-            reason=reason,
-            attempts=tries,
-            retry_at=retry_at.isoformat() if retry_at else None,
-        )
-        await console.db[CASES].update_one(
-            {"_id": case.id, "departure.mail": "sending"},
-            {
-                "$set": {
-                    "departure.mail": "pending" if retry_at else "failed",
-                    "departure.mail_after": retry_at,
-                    "departure.mail_detail": reason[:200],
-                }
-            },
-        )
-        await console.emit(
-            F.CASE_STUDENT_LEFT_NOTIFICATION_FAILED,
-            {
-                "case_id": case.id,
-                "channel": "email",
-                "reason": reason[:200],
-                "attempts": tries,
-                "retry_at": retry_at.isoformat() if retry_at else None,
-            },
-            cause=f"departure-mail:{case.id}:{departure.event_id}:{tries}",
-        )
-        return False
-    await console.db[CASES].update_one(
-        {"_id": case.id}, {"$set": {"departure.mail": "sent", "departure.mail_detail": ""}}
-    )
-    await console.emit(
-        F.CASE_STUDENT_LEFT_NOTIFIED,
-        {"case_id": case.id, "channel": "email", "recipients": len(recipients)},
-        cause=f"departure-mail:{case.id}:{departure.event_id}",
-    )
-    return True
+EMERGENCY_MAIL = AlarmMail(
+    EMERGENCIES, "email", "emergency", F.EMERGENCY_NOTIFIED, F.EMERGENCY_NOTIFICATION_FAILED
+)
+DEPARTURE_MAIL = AlarmMail(
+    CASES,
+    "departure.mail",
+    "case",
+    F.CASE_STUDENT_LEFT_NOTIFIED,
+    F.CASE_STUDENT_LEFT_NOTIFICATION_FAILED,
+)
+
+
+def _at_path(doc: dict[str, Any], path: str) -> Any:
+    for key in path.split("."):
+        doc = doc.get(key) if isinstance(doc, dict) else None  # type: ignore[assignment]
+    return doc
 
 
 def _departure_body(console: Console, case: Case) -> str:
