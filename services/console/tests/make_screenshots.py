@@ -49,6 +49,8 @@ from soudan_console.testing import (  # noqa: E402
     seed_case,
 )
 from soudan_console.web import CONSOLE  # noqa: E402
+from soudan_shared.contracts import utcnow  # noqa: E402
+from soudan_shared.records import MESSAGES  # noqa: E402
 from soudan_shared.runtime import STORE, setup_logging, start_site  # noqa: E402
 from soudan_shared.testing.plugin import delete_topology  # noqa: E402
 from soudan_shared.topology import Topology  # noqa: E402
@@ -139,6 +141,11 @@ async def seed(running: RunningConsole) -> tuple[str, str, str]:
             "今日はどんなことを言われたのか、よかったら教えてね。",
         ],
         await case_ops.issue_reply_form(staff, claimed, sato),
+    )
+    # what dispatch records once LINE has taken them (no dispatch runs here): shown 送信済み
+    await store.db[MESSAGES].update_many(
+        {"case_id": claimed.id, "direction": "out", "delivery": "sending"},
+        {"$set": {"delivery": "sent", "delivery_at": utcnow(), "delivery_problem": None}},
     )
     await case_ops.add_note(
         staff, claimed, sato, "前回（12日前）も同じグループからの悪口。学校名はまだ聞いていない。"
