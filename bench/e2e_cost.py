@@ -28,10 +28,12 @@ consumed every event and the services' AMQP counters have been still for 2 s), s
 phases: each process's CPU (utime + stime from ``/proc/<pid>/stat``) per student message; AMQP
 messages published per student message (``soudan_bus_published_total``, every service's
 ``/metrics``: each one is also delivered and acked once); store round trips per student message
-(``soudan_store_commands_total``, a PyMongo command listener in every service; none with
-``--store memory``). Baseline in the same run: the fake LINE platform's own CPU per push request,
-pushed to it directly at the same rate. The broker's CPU includes whatever else uses it during
-the run (it is this machine's shared broker): say so when the machine is busy.
+(``soudan_store_commands_total``, a PyMongo command listener in every service, which the bench
+turns on with ``STORE_COMMAND_METRICS=true`` and which costs CPU of its own; none with
+``--store memory`` or ``--no-store-counts``). Baseline in the same run: the fake LINE
+platform's own CPU per push request, pushed to it directly at the same rate. The broker's CPU
+includes whatever else uses it during the run (it is this machine's shared broker): say so when
+the machine is busy.
 
 Prints one JSON line per process and run, one for the broker, one for the baseline and a last
 line with the medians of the runs: ``cpu_ms_per_message_total``, ``soudan_cpu_ms_per_message``,
@@ -461,7 +463,15 @@ if __name__ == "__main__":
     parser.add_argument(
         "--separate", action="store_true", help="every service in a process of its own"
     )
+    parser.add_argument(
+        "--no-store-counts",
+        action="store_true",
+        help="the services as deployed: no command listener (STORE_COMMAND_METRICS=false), so "
+        "no store round trips counted, and none of the listener's CPU",
+    )
     options = parser.parse_args()
     if options.separate and options.store == "memory":
         parser.error("--separate needs --store secantus (the in-process store is per process)")
+    # the services started below take their environment from this one
+    os.environ["STORE_COMMAND_METRICS"] = "false" if options.no_store_counts else "true"
     sys.exit(asyncio.run(main(options)))

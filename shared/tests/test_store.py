@@ -11,9 +11,13 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
+from soudan_shared.http import REGISTRY, create_base_app
+from soudan_shared.runtime import STORE, use_store
+from soudan_shared.settings import MongoSettings
 from soudan_shared.store import IndexSpec, Store, database_name, open_store
 from soudan_shared.testing.secantus import start_secantus
 
@@ -155,3 +159,27 @@ async def test_a_services_store_round_trips_are_counted_by_command(tmp_path: Pat
 
     assert count("insert") == 1
     assert count("find") == 2
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("counted", [True, False], ids=["STORE_COMMAND_METRICS", "by_default"])
+async def test_a_service_counts_its_store_commands_only_when_asked(
+    tmp_path: Path, counted: bool
+) -> None:
+    """The command listener costs CPU on every command: on for measuring, off by default."""
+    server = await asyncio.to_thread(start_secantus, tmp_path / "db", test_commands=False)
+    environment = {"mongodb_url": f"{server.url}svc"}
+    if counted:
+        environment["store_command_metrics"] = "true"
+    settings = MongoSettings.model_validate(environment)
+    app = create_base_app("test")
+    use_store(app, settings)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await app[STORE].db["cases"].find_one({"_id": "c1"})
+    finally:
+        await runner.cleanup()
+        await asyncio.to_thread(server.stop)
+    finds = app[REGISTRY].get_sample_value("soudan_store_commands_total", {"command": "find"})
+    assert finds == (1 if counted else None)

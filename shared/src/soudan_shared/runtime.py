@@ -24,7 +24,7 @@ from soudan_shared.fact_types import SERVICE_STARTED, SERVICE_STOPPED
 from soudan_shared.facts import Facts
 from soudan_shared.http import REGISTRY, add_readiness_check
 from soudan_shared.logging import configure_logging
-from soudan_shared.settings import BaseServiceSettings
+from soudan_shared.settings import BaseServiceSettings, MongoSettings
 from soudan_shared.store import IndexSpec, Store, open_store
 from soudan_shared.topology import Topology
 
@@ -37,12 +37,17 @@ FACTS: web.AppKey[Facts] = web.AppKey("facts", Facts)
 ConsumerSetup = Callable[[web.Application, Bus], None]
 
 
-def use_store(app: web.Application, url: str, indexes: Iterable[IndexSpec] = ()) -> None:
-    """Open the store at start-up (indexes created), close it on shutdown, check it in /readyz."""
+def use_store(
+    app: web.Application, settings: MongoSettings, indexes: Iterable[IndexSpec] = ()
+) -> None:
+    """Open the store at start-up (indexes created), close it on shutdown, check it in /readyz;
+    with ``STORE_COMMAND_METRICS``, its commands counted in the app's metrics."""
     specs = tuple(indexes)
+    url = settings.mongodb_url.get_secret_value()
+    registry = app[REGISTRY] if settings.store_command_metrics else None
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
-        store = await open_store(url, registry=app[REGISTRY])
+        store = await open_store(url, registry=registry)
         await store.ensure_indexes(specs)
         app[STORE] = store
         yield

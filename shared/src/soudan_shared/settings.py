@@ -141,6 +141,14 @@ class MongoSettings(BaseSettings):
     mongodb_url: SecretStr = Field(
         description="mongodb://… for MongoDB; memory:// for an in-process store (development only)."
     )
+    store_command_metrics: bool = Field(
+        default=False,
+        description=(
+            "Count every command sent to the store (soudan_store_commands_total, a PyMongo "
+            "command listener): about 0.1 ms of CPU per command, a quarter of what the client "
+            "spends on one, so for measuring (bench/e2e_cost.py turns it on), not always on."
+        ),
+    )
 
 
 class LineSecretSettings(BaseSettings):

@@ -55,7 +55,7 @@ def create_app(
     app.middlewares.append(session_middleware)
     hub = Hub()
     app[HUB] = hub
-    use_store(app, settings.mongodb_url.get_secret_value(), (*RECORD_INDEXES, *INDEXES))
+    use_store(app, settings, (*RECORD_INDEXES, *INDEXES))
 
     def consumers(app: web.Application, bus: Bus) -> None:
         async def on_fact(fact: Fact) -> None:

@@ -74,7 +74,7 @@ def create_app(
     app = create_base_app(SERVICE)
     use_store(
         app,
-        settings.mongodb_url.get_secret_value(),
+        settings,
         indexes=(*RECORD_INDEXES, *sending.INDEXES, *broadcasts.INDEXES),
     )
     backoff = Backoff(

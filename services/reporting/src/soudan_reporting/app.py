@@ -29,7 +29,7 @@ def create_app(
     settings: ReportingSettings, *, clock: Callable[[], datetime] = utcnow
 ) -> web.Application:
     app = create_base_app(SERVICE)
-    use_store(app, settings.mongodb_url.get_secret_value(), INDEXES)
+    use_store(app, settings, INDEXES)
 
     def consumers(app: web.Application, bus: Bus) -> None:
         recorder = FactRecorder(app[STORE].db[EVENTS])

@@ -67,7 +67,7 @@ def create_app(
     """``stop`` is called, with the reason, when the broker holds shard queues this triage
     would not consume (tests pass their own)."""
     app = create_base_app(SERVICE)
-    use_store(app, settings.mongodb_url.get_secret_value(), (*RECORD_INDEXES, *TRIAGE_INDEXES))
+    use_store(app, settings, (*RECORD_INDEXES, *TRIAGE_INDEXES))
     config: ConfigSource | None = None
 
     async def triage_ctx(app: web.Application) -> AsyncIterator[None]:
