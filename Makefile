@@ -172,6 +172,7 @@ bench: install
 	$(BENCH_ENV) $(VENV)/bin/python bench/ingress_webhook.py --runs 3 --duration 6
 	$(VENV)/bin/python bench/triage_detector.py
 	$(BENCH_ENV) $(VENV)/bin/python bench/dispatch_broadcast.py --runs 5
+	$(VENV)/bin/python bench/store_listener.py
 
 # The whole service: webhook to auto-reply at 100, 300 and 500 messages/s, urgent to the top of
 # the queue, memory (several minutes; longer once a rate saturates the machine); the share of
