@@ -91,6 +91,7 @@ async def test_an_urgent_student_who_blocks_the_account_alerts_supervisors_live_
         assert case["_id"][:8] in body
         assert urgent not in body  # never the LINE user id
         assert "死にたい" not in body  # never the message text
+        assert not body.startswith("※")  # sent at once: not marked as late
 
         stored = await stack.store.db[CASES].find_one({"_id": case["_id"]})
         assert stored["departure"]["mail"] == "sent"

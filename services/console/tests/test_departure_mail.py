@@ -24,12 +24,14 @@ class FlakyMailer:
     def __init__(self, refusals: int) -> None:
         self.refusals = refusals
         self.sent: list[tuple[list[str], str]] = []
+        self.bodies: list[str] = []
 
     async def send(self, recipients: list[str], subject: str, body: str) -> None:
         if self.refusals:
             self.refusals -= 1
             raise emergencies.MailFailed("SMTPRecipientsRefused", 3)
         self.sent.append((recipients, subject))
+        self.bodies.append(body)
 
 
 @pytest.fixture
@@ -79,6 +81,7 @@ async def test_a_refused_departure_mail_is_tried_again_later_until_it_goes_out(
         await emergencies.mail_departures(running.console, now=retry_at + timedelta(minutes=2)) == 1
     )
     assert mailer.sent == [(["section@example.jp"], "【LINE相談・緊急】相談者がブロックしました")]
+    assert mailer.bodies[0].startswith(emergencies.LATE_MAIL)
     assert (await _departure(running, case))["mail"] == "sent"
     await running.wait_fact(F.CASE_STUDENT_LEFT_NOTIFIED, case_id=case.id, channel="email")
     # sent once: nothing more to do, however late
@@ -117,6 +120,7 @@ async def test_a_departure_mail_left_sending_by_a_console_that_stopped_is_sent_l
     assert await emergencies.mail_departures(running.console) == 0
     stale = claimed + emergencies.MAIL_LEASE + timedelta(seconds=1)
     assert await emergencies.mail_departures(running.console, now=stale) == 1
+    assert mailer.bodies[0].startswith(emergencies.LATE_MAIL)  # it may have gone out already
     assert (await _departure(running, case))["mail"] == "sent"
     assert len(mailer.sent) == 1
 
@@ -152,6 +156,8 @@ async def test_a_refused_emergency_mail_is_tried_again_and_its_page_says_so_mean
     [(recipients, subject)] = mailer.sent
     assert recipients == ["section@example.jp"]
     assert "自殺予告" in subject
+    assert mailer.bodies[0].startswith(emergencies.LATE_MAIL)
+    assert "緊急対応が始まりました" in mailer.bodies[0]
     shown = await emergencies.get(running.console, emergency.id)
     assert shown is not None
     assert shown.email == "sent"

@@ -54,6 +54,8 @@ MAX_MEMO = 1000
 MAIL_RETRIES = tuple(timedelta(minutes=m) for m in (1, 2, 5, 10, 30))
 #: A claim (``sending``) older than this is a console that stopped mid-send: taken up again.
 MAIL_LEASE = timedelta(minutes=5)
+#: The first line of a mail sent after a refused try, or after a console stopped sending it.
+LATE_MAIL = "※ はじめのメールが届かなかったおそれがあるので、あとから送っています。\n\n"
 
 
 class EmergencyError(Exception):
@@ -325,7 +327,10 @@ async def _mail_due(
         tries = int(_at_path(doc, alarm.field("attempts")) or 1)
         cause = f"{alarm.collection}-mail:{doc['_id']}"
         try:
-            await console.mailer.send(recipients, *await compose(doc))
+            subject, body = await compose(doc)
+            if tries > 1:  # what it says happened a while ago
+                body = LATE_MAIL + body
+            await console.mailer.send(recipients, subject, body)
         except Exception as exc:  # recorded and tried again; the live alert went out regardless
             reason = (exc.reason if isinstance(exc, MailFailed) else type(exc).__name__)[:200]
             retry_at = now + MAIL_RETRIES[tries - 1] if tries <= len(MAIL_RETRIES) else None
