@@ -74,8 +74,9 @@ broker:
 # The fast pass (every test but the cluster ones, the in-process store), then the SecantusDB pass
 # and the cluster tests side by side: the cluster tests mostly wait on their nodes. Each pass runs
 # on PYTEST_WORKERS processes (pytest-xdist): one process kept this 2-core machine about 65 % idle
-# (the tests wait on the broker, Chromium and the servers); two took the fast pass from 387 s to
-# 282 s and the SecantusDB pass from 464 s to 263 s. A file's tests stay on one worker
+# (the tests wait on the broker, Chromium and the servers); with two, the fast pass took 262 s
+# instead of 387 s and the SecantusDB pass 324 s beside the cluster tests instead of 464 s alone
+# (make test 595-634 s instead of 1,016 s, fresh clones). A file's tests stay on one worker
 # (--dist loadfile): some modules share one stack, and a test may read what the ones before did. (The two whole passes side by side, tried
 # earlier, were no faster and their timing-sensitive tests failed.) --output-sync keeps each
 # one's output whole.

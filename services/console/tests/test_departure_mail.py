@@ -107,6 +107,14 @@ async def test_after_the_last_refusal_the_departure_mail_is_failed_and_the_case_
     )
     assert await emergencies.mail_departures(running.console, now=at + timedelta(days=1)) == 0
     assert mailer.sent == []
+    supervisor = Browserless(running.url)
+    try:
+        await supervisor.login((await running.add_staff("supervisor")).email)
+        status, _, page = await supervisor.get(f"/cases/{case.id}")
+    finally:
+        await supervisor.close()
+    assert status == 200
+    assert "メールは送れませんでした" in page
 
 
 async def test_a_departure_mail_left_sending_by_a_console_that_stopped_is_sent_later(

@@ -145,7 +145,7 @@ class MongoSettings(BaseSettings):
         default=False,
         description=(
             "Count every command sent to the store (soudan_store_commands_total, a PyMongo "
-            "command listener): 0.05-0.1 ms of CPU per command, 13-26 % on top of what the "
+            "command listener): 0.05-0.08 ms of CPU per command, 13-19 % on top of what the "
             "client spends on one, so for measuring (bench/e2e_cost.py turns it on)."
         ),
     )

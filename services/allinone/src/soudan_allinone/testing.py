@@ -127,14 +127,7 @@ class Stack:
         return await self.store.db[EVENTS].find(query).to_list()
 
     async def wait_fact(self, fact_type: str, **data: Any) -> dict[str, Any]:
-        async def found() -> dict[str, Any] | None:
-            facts = await self.facts(fact_type, **data)
-            return facts[0] if facts else None
-
-        fact: dict[str, Any] = await wait_until(
-            found, timeout=15, message=f"fact {fact_type} {data}"
-        )
-        return fact
+        return (await self.wait_facts(fact_type, 1, **data))[0]
 
     async def wait_facts(self, fact_type: str, count: int, **data: Any) -> list[dict[str, Any]]:
         """The recorded facts of ``fact_type`` with ``data`` once there are ``count`` of them

@@ -324,7 +324,7 @@ async def _mail_due(
         if not configured:
             continue
         ids = {f"{alarm.subject}_id": doc["_id"], "channel": "email"}
-        tries = int(_at_path(doc, alarm.field("attempts")) or 1)
+        tries = int(_at_path(doc, alarm.field("attempts")))  # counted by the claim
         cause = f"{alarm.collection}-mail:{doc['_id']}"
         try:
             subject, body = await compose(doc)
@@ -384,9 +384,10 @@ DEPARTURE_MAIL = AlarmMail(
 
 
 def _at_path(doc: dict[str, Any], path: str) -> Any:
+    value: Any = doc
     for key in path.split("."):
-        doc = doc.get(key) if isinstance(doc, dict) else None  # type: ignore[assignment]
-    return doc
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
 
 
 def _departure_body(console: Console, case: Case) -> str:
